@@ -1,0 +1,141 @@
+"""Plain data that flows through the pipeline: campaign settings, recipients, built mails."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from bulkmail.errors import Location
+
+Security = Literal["ssl", "starttls", "none"]
+
+DEFAULT_PORTS: dict[str, int] = {"ssl": 465, "starttls": 587, "none": 25}
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """How to reach the user's submission server. The password itself is never stored here."""
+
+    host: str
+    port: int
+    security: Security = "ssl"
+    username: str | None = None
+    password_env: str | None = None
+    timeout: float = 30.0
+    ca_file: Path | None = None
+    local_hostname: str | None = None
+    max_per_connection: int | None = None
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most ``per_second`` mails per second on average, ``burst`` of them back to back."""
+
+    per_second: float | None  # None: no limit
+    burst: int = 1
+    text: str = "unlimited"  # as the user wrote it, e.g. "5 per second"
+
+
+@dataclass(frozen=True)
+class AttachmentSpec:
+    """One attachment entry of the campaign; ``path`` may be a Jinja template."""
+
+    path: str
+    filename: str | None
+    where: Location
+    templated: bool
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    """Where the one-click unsubscribe goes (RFC 8058); both may be Jinja templates."""
+
+    url: str | None
+    mailto: str | None
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A loaded, validated campaign file. Paths are absolute."""
+
+    path: Path
+    name: str
+    sender: str
+    subject: str
+    template: Path
+    recipients: Path
+    preview_out: Path
+    journal_dir: Path
+    reply_to: str | None = None
+    text_template: Path | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    attachments: tuple[AttachmentSpec, ...] = ()
+    unsubscribe: Unsubscribe | None = None
+    suppress: Path | None = None
+    smtp: SmtpSettings | None = None
+    rate: Rate = field(default_factory=lambda: Rate(per_second=None))
+    base_url: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Where each top-level setting was written, for error messages.
+    where: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
+
+    def location(self, key: str) -> Location:
+        """Where ``key`` stands in the campaign file (the file itself if unknown)."""
+        return self.where.get(key, Location(self.path, field=key))
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One CSV row: its line number, the address (normalised), the name and every column."""
+
+    line: int
+    email: str
+    name: str
+    fields: Mapping[str, str]
+
+    @property
+    def key(self) -> str:
+        """The identity used for duplicates and the journal: domain compared case-insensitively."""
+        local, _, domain = self.email.rpartition("@")
+        return f"{local}@{domain.lower()}"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An attachment as it is named in the mail."""
+
+    filename: str
+    content_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class OutgoingMail:
+    """One recipient's mail, complete: the exact bytes a server would receive."""
+
+    index: int
+    recipient: Recipient
+    sender: str  # envelope MAIL FROM
+    message_id: str
+    subject: str
+    html: str
+    data: bytes
+    attachments: tuple[Attachment, ...]
+    smtputf8: bool  # the envelope or headers need the SMTPUTF8 extension
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+class Status(str, Enum):
+    """A recipient's state in the journal."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    ACCEPTED = "accepted"
+    FAILED = "failed"
+    SKIPPED = "skipped"
