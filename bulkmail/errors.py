@@ -5,7 +5,7 @@ are translated in one place per dependency, chained with ``from``::
 
     BulkmailError                  exit_code = 1
     ├── CampaignError              an input is wrong; found before anything is sent
-    │   ├── ConfigError            june.yaml:14: smtp.secuirty: unknown key (did you mean 'security'?)
+    │   ├── ConfigError            june.yaml:14: smtp.secuirty: unknown key (did you mean …?)
     │   ├── RecipientError         june.csv:48: email: 'bob@@example.com' is not a valid address
     │   ├── TemplateError          newsletter.html:9: 'first_nme' is undefined (june.csv:47)
     │   └── AttachmentError        june.yaml:20: attachments[1]: files/x.pdf: no such file

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,9 +98,14 @@ class Recipient:
 
     @property
     def key(self) -> str:
-        """The identity used for duplicates and the journal: domain compared case-insensitively."""
-        local, _, domain = self.email.rpartition("@")
-        return f"{local}@{domain.lower()}"
+        """The identity used for duplicates and the journal."""
+        return address_key(self.email)
+
+
+def address_key(address: str) -> str:
+    """The identity of a normalised address: the domain compared case-insensitively."""
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}"
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,7 @@ class OutgoingMail:
         return len(self.data)
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """A recipient's state in the journal."""
 
     PENDING = "pending"

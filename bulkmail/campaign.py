@@ -1,0 +1,319 @@
+"""Load a campaign YAML file into a validated `Campaign`, with file and line in every error."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bulkmail.errors import ConfigError, Location
+from bulkmail.models import (
+    DEFAULT_PORTS,
+    AttachmentSpec,
+    Campaign,
+    Rate,
+    SmtpSettings,
+    Unsubscribe,
+)
+
+TOP_KEYS = (
+    "name", "from", "reply_to", "subject", "template", "text_template", "recipients",
+    "data", "attachments", "unsubscribe", "suppress", "smtp", "rate", "preview",
+    "base_url", "headers",
+)  # fmt: skip
+REQUIRED = ("from", "subject", "template", "recipients")
+SMTP_KEYS = (
+    "host", "port", "security", "username", "password_env", "timeout", "ca_file",
+    "local_hostname", "max_per_connection",
+)  # fmt: skip
+RATE_UNITS = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0}
+JOURNAL_FOLDER = ".bulkmail"
+_JINJA = re.compile(r"{{|{%")
+# Headers bulkmail writes itself; a campaign may not set them through `headers:`.
+_RESERVED_HEADERS = {
+    "from", "to", "cc", "bcc", "subject", "date", "message-id", "reply-to", "mime-version",
+    "content-type", "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post",
+    "x-bulkmail-campaign",
+}  # fmt: skip
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext
+
+
+@dataclass(frozen=True)
+class _Node:
+    """A YAML node with the file it came from, so every value can say where it was written."""
+
+    node: yaml.Node
+    path: Path
+    field: str
+
+    def where(self) -> Location:
+        return Location(self.path, self.node.start_mark.line + 1, self.field)
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(message, where=self.where())
+
+    def mapping(self, keys: tuple[str, ...] | None) -> dict[str, _Node]:
+        """The node as a mapping, rejecting keys not in ``keys`` (if given) with a suggestion."""
+        if not isinstance(self.node, yaml.MappingNode):
+            raise self.error(f"must be a mapping of settings, not {self._kind()}")
+        out: dict[str, _Node] = {}
+        for key_node, value_node in self.node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            field = f"{self.field}.{key}" if self.field else str(key)
+            where = _Node(key_node, self.path, field)
+            if not isinstance(key, str) or (keys is not None and key not in keys):
+                raise where.error(_unknown_key(str(key), keys or ()))
+            if key in out:
+                raise where.error("is set twice")
+            out[key] = _Node(value_node, self.path, field)
+        return out
+
+    def items(self) -> Iterator[_Node]:
+        """The node as a list of nodes."""
+        if not isinstance(self.node, yaml.SequenceNode):
+            raise self.error(f"must be a list, not {self._kind()}")
+        for index, item in enumerate(self.node.value):
+            yield _Node(item, self.path, f"{self.field}[{index}]")
+
+    def value(self) -> Any:
+        """The node as plain Python data."""
+        return yaml.SafeLoader("").construct_object(self.node, deep=True)
+
+    def text(self) -> str:
+        value = self.value() if isinstance(self.node, yaml.ScalarNode) else None
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(f"must be a non-empty text, not {self._kind()}")
+        return value.strip()
+
+    def number(self, *, minimum: float, integer: bool = False) -> float:
+        value = self.value() if isinstance(self.node, yaml.ScalarNode) else None
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+            what = "a whole number" if integer else "a number"
+            raise self.error(f"must be {what} of at least {minimum:g}, not {self._kind()}")
+        return value
+
+    def file(self, base: Path, *, must_exist: bool = True, folder: bool = False) -> Path:
+        """A path relative to the campaign file's folder."""
+        path = (base / Path(self.text()).expanduser()).resolve()
+        if must_exist and not path.exists():
+            raise self.error(f"{self.value()}: no such {'folder' if folder else 'file'}")
+        if must_exist and not folder and not path.is_file():
+            raise self.error(f"{self.value()}: is not a file")
+        return path
+
+    def _kind(self) -> str:
+        if isinstance(self.node, yaml.MappingNode):
+            return "a mapping"
+        if isinstance(self.node, yaml.SequenceNode):
+            return "a list"
+        value = self.value()
+        if value is None:
+            return "empty"
+        return f"{type(value).__name__} {value!r}"
+
+
+def _unknown_key(key: str, known: tuple[str, ...]) -> str:
+    if key == "password":
+        return (
+            "a password is never written in the campaign file; name the environment "
+            "variable that holds it with password_env (or type it when asked)"
+        )
+    if not known:
+        return "keys must be plain names"
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
+    return f"unknown key{hint}"
+
+
+def load_campaign(path: str | Path) -> Campaign:
+    """Read and check a campaign YAML file.
+
+    Example::
+
+        campaign = load_campaign("campaigns/june.yaml")
+        print(campaign.name, campaign.recipients)
+    """
+    path = Path(path).resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("no such campaign file", where=Location(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the campaign file: {exc}", where=Location(path)) from exc
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = " ".join(filter(None, [exc.problem, exc.context and f"({exc.context})"]))
+        raise ConfigError(f"malformed YAML: {problem}", where=Location(path, line)) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"malformed YAML: {exc}", where=Location(path)) from exc
+    if root is None:
+        raise ConfigError("the campaign file is empty", where=Location(path))
+    return _build(_Node(root, path, ""), path)
+
+
+def _build(root: _Node, path: Path) -> Campaign:
+    base = path.parent
+    keys = root.mapping(TOP_KEYS)
+    for key in REQUIRED:
+        if key not in keys:
+            raise ConfigError(f"missing required key '{key}'", where=Location(path))
+
+    def opt(key: str, convert: Callable[[_Node], Any]) -> Any:
+        node = keys.get(key)
+        if node is None or (isinstance(node.node, yaml.ScalarNode) and node.value() is None):
+            return None  # absent, or written as an empty value
+        return convert(node)
+
+    preview = opt("preview", lambda n: n.mapping(("out",)))
+    preview_out = (
+        preview["out"].file(base, must_exist=False)
+        if preview and "out" in preview
+        else (base / "previews" / path.stem).resolve()
+    )
+    data = opt("data", _data) or {}
+    name = opt("name", _Node.text) or path.stem
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise keys["name"].error(f"{name!r}: use letters, digits, '.', '-' and '_' only")
+    return Campaign(
+        path=path,
+        name=name,
+        sender=keys["from"].text(),
+        reply_to=opt("reply_to", _Node.text),
+        subject=keys["subject"].text(),
+        template=keys["template"].file(base),
+        text_template=opt("text_template", lambda n: n.file(base)),
+        recipients=keys["recipients"].file(base),
+        data=data,
+        attachments=tuple(opt("attachments", lambda n: _attachments(n, base)) or ()),
+        unsubscribe=opt("unsubscribe", _unsubscribe),
+        suppress=opt("suppress", lambda n: n.file(base)),
+        smtp=opt("smtp", lambda n: _smtp(n, base)),
+        rate=opt("rate", _rate) or Rate(per_second=None),
+        preview_out=preview_out,
+        journal_dir=base / JOURNAL_FOLDER,
+        base_url=opt("base_url", _url),
+        headers=opt("headers", _headers) or {},
+        where={key: node.where() for key, node in keys.items()},
+    )
+
+
+def _data(node: _Node) -> dict[str, Any]:
+    return {key: value.value() for key, value in node.mapping(None).items()}
+
+
+def _attachments(node: _Node, base: Path) -> list[AttachmentSpec]:
+    specs = []
+    for item in node.items():
+        if isinstance(item.node, yaml.ScalarNode):
+            path_node, filename = item, None
+        else:
+            fields = item.mapping(("path", "filename"))
+            if "path" not in fields:
+                raise item.error("needs a 'path'")
+            path_node = fields["path"]
+            filename = fields["filename"].text() if "filename" in fields else None
+        raw = path_node.text()
+        templated = bool(_JINJA.search(raw))
+        if templated:
+            resolved = raw if Path(raw).is_absolute() else str(base / raw)
+        else:
+            resolved = str(path_node.file(base))
+        specs.append(AttachmentSpec(resolved, filename, item.where(), templated))
+    return specs
+
+
+def _unsubscribe(node: _Node) -> Unsubscribe:
+    fields = node.mapping(("url", "mailto"))
+    if not fields:
+        raise node.error("needs a 'url' (https) and/or a 'mailto' address")
+    url = fields["url"].text() if "url" in fields else None
+    if url is not None and not url.startswith("https://") and not _JINJA.match(url):
+        raise fields["url"].error(
+            f"{url!r}: must be an https:// URL (one-click unsubscribe, RFC 8058)"
+        )
+    mailto = fields["mailto"].text() if "mailto" in fields else None
+    if mailto is not None and mailto.startswith("mailto:"):
+        mailto = mailto[len("mailto:") :]
+    return Unsubscribe(url=url, mailto=mailto)
+
+
+def _smtp(node: _Node, base: Path) -> SmtpSettings:
+    fields = node.mapping((*SMTP_KEYS, "password"))
+    if "password" in fields:
+        raise _Node(fields["password"].node, node.path, "smtp.password").error(
+            _unknown_key("password", SMTP_KEYS)
+        )
+    if "host" not in fields:
+        raise node.error("needs a 'host'")
+    security = fields["security"].text() if "security" in fields else "ssl"
+    if security not in DEFAULT_PORTS:
+        raise fields["security"].error(
+            f"{security!r}: must be one of ssl (implicit TLS), starttls, none"
+        )
+    port = int(fields["port"].number(minimum=1, integer=True)) if "port" in fields else None
+    if port is not None and port > 65535:
+        raise fields["port"].error(f"{port}: not a TCP port")
+
+    def get(key: str, convert: Callable[[_Node], Any]) -> Any:
+        return convert(fields[key]) if key in fields else None
+
+    password_env = get("password_env", _Node.text)
+    if password_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", password_env):
+        raise fields["password_env"].error(
+            f"{password_env!r}: must be the name of an environment variable, not the password"
+        )
+    max_per = get("max_per_connection", lambda n: int(n.number(minimum=1, integer=True)))
+    return SmtpSettings(
+        host=fields["host"].text(),
+        port=port or DEFAULT_PORTS[security],
+        security=security,  # type: ignore[arg-type]  # checked above
+        username=get("username", _Node.text),
+        password_env=password_env,
+        timeout=float(get("timeout", lambda n: n.number(minimum=0.1)) or 30.0),
+        ca_file=get("ca_file", lambda n: n.file(base)),
+        local_hostname=get("local_hostname", _Node.text),
+        max_per_connection=max_per,
+    )
+
+
+def _rate(node: _Node) -> Rate:
+    fields = node.mapping((*RATE_UNITS, "burst"))
+    units = [key for key in RATE_UNITS if key in fields]
+    if len(units) != 1:
+        raise node.error("give exactly one of per_second, per_minute, per_hour")
+    unit = units[0]
+    amount = fields[unit].number(minimum=0)
+    burst = int(fields["burst"].number(minimum=1, integer=True)) if "burst" in fields else 1
+    if amount == 0:
+        return Rate(per_second=None, burst=burst, text="unlimited")
+    text = f"{amount:g} {unit.replace('_', ' ')}"
+    return Rate(per_second=amount / RATE_UNITS[unit], burst=burst, text=text)
+
+
+def _url(node: _Node) -> str:
+    url = node.text()
+    if not re.match(r"https?://", url):
+        raise node.error(f"{url!r}: must be an http(s) URL")
+    return url
+
+
+def _headers(node: _Node) -> dict[str, str]:
+    fields = node.mapping(None)
+    headers = {}
+    for name, value in fields.items():
+        if not _HEADER_NAME.match(name) or name.lower() in _RESERVED_HEADERS:
+            raise value.error(f"{name!r}: not a header a campaign may set")
+        text = value.text()
+        if "\r" in text or "\n" in text:
+            raise value.error("a header value must be one line")
+        headers[name] = text
+    return headers
