@@ -66,7 +66,21 @@ class BulkmailError(Exception):
 
 
 class CampaignError(BulkmailError):
-    """Something in the campaign's inputs is wrong; found before anything is sent."""
+    """Something in the campaign's inputs is wrong; found before anything is sent.
+
+    ``row`` is the recipient row it happened for, when the place in ``where`` is shared by
+    every row (a template line, a campaign setting).
+    """
+
+    def __init__(
+        self, message: str, *, where: Location | None = None, row: Location | None = None
+    ) -> None:
+        super().__init__(message, where=where)
+        self.row = row
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} (for {self.row})" if self.row else text
 
 
 class ConfigError(CampaignError):

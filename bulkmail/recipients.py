@@ -121,9 +121,12 @@ def check_address(address: str, where: Location) -> str:
     if not address:
         raise RecipientError("is empty", where=where)
     try:
-        return validate_email(address, check_deliverability=False, allow_smtputf8=True).normalized
+        valid = validate_email(address, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
         raise RecipientError(f"{address!r} is not a valid address: {exc}", where=where) from None
+    # An internationalised domain is sent as its ASCII (IDNA) form, which every server takes;
+    # only a non-ASCII local part needs SMTPUTF8.
+    return valid.ascii_email or valid.normalized
 
 
 def load_suppressed(path: Path) -> frozenset[str]:

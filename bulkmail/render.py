@@ -1,0 +1,249 @@
+"""Render one recipient's subject, HTML (CSS inlined) and plain text from the campaign templates."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import jinja2
+import jinja2.meta
+
+from bulkmail.errors import AttachmentError, Location, TemplateError, display_path
+from bulkmail.inline import Inliner, PremailerInliner
+from bulkmail.models import Campaign, Recipient
+from bulkmail.textpart import html_to_text
+
+_TEXT_SUFFIXES = (".txt", ".text")
+_LINE_BREAK = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_UNSAFE_IN_HEADER = re.compile(r"[\x00-\x20\x7f<>]")
+
+
+@dataclass(frozen=True)
+class RenderedMail:
+    """What the templates make of one recipient."""
+
+    subject: str
+    html: str
+    text: str
+    unsubscribe_url: str | None
+    unsubscribe_mailto: str | None
+    attachments: tuple[tuple[Path, str], ...]  # per-recipient files: (path, filename)
+
+
+def _autoescape(name: str | None) -> bool:
+    # HTML templates and everything they include are escaped; a .txt template is not, and
+    # neither are the one-line templates (subject, URLs, file names) rendered from strings.
+    return name is not None and not name.endswith(_TEXT_SUFFIXES)
+
+
+def _template_line(tb: TracebackType | None, files: set[str]) -> tuple[str, int] | None:
+    """The innermost template file and line in a traceback Jinja has rewritten."""
+    found = None
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename in files:
+            found = (filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+class Renderer:
+    """Renders a campaign's templates for one recipient at a time.
+
+    One Jinja environment per campaign, with StrictUndefined (a missing variable is an
+    error, never an empty string) and autoescaping of HTML (CSV data can't add markup).
+    Compiling happens in `load`; `render` only renders.
+    """
+
+    def __init__(
+        self,
+        campaign: Campaign,
+        env: jinja2.Environment,
+        templates: Mapping[str, jinja2.Template],
+        inliner: Inliner,
+    ) -> None:
+        self.campaign = campaign
+        self.env = env
+        self._t = templates
+        self._inliner = inliner
+        self._files = {t.filename for t in templates.values() if t.filename}
+
+    @classmethod
+    def load(cls, campaign: Campaign, *, inliner: Inliner | None = None) -> Renderer:
+        """Compile every template of the campaign; raise TemplateError with file and line."""
+        folders = [campaign.template.parent]
+        if campaign.text_template and campaign.text_template.parent not in folders:
+            folders.append(campaign.text_template.parent)
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(folders),
+            undefined=jinja2.StrictUndefined,
+            autoescape=_autoescape,
+            keep_trailing_newline=True,
+            auto_reload=False,
+        )
+        templates: dict[str, jinja2.Template] = {}
+        templates["html"] = _compile_file(env, campaign.template, folders, templates)
+        if campaign.text_template:
+            templates["text"] = _compile_file(env, campaign.text_template, folders, templates)
+        templates["subject"] = _compile_string(env, campaign.subject, campaign.location("subject"))
+        if campaign.unsubscribe and campaign.unsubscribe.url:
+            where = campaign.location("unsubscribe")
+            templates["unsubscribe_url"] = _compile_string(env, campaign.unsubscribe.url, where)
+        if campaign.unsubscribe and campaign.unsubscribe.mailto:
+            where = campaign.location("unsubscribe")
+            templates["unsubscribe_mailto"] = _compile_string(
+                env, campaign.unsubscribe.mailto, where
+            )
+        for index, spec in enumerate(campaign.attachments):
+            if spec.templated:
+                templates[f"attachment{index}"] = _compile_string(env, spec.path, spec.where)
+            if spec.filename:
+                templates[f"filename{index}"] = _compile_string(env, spec.filename, spec.where)
+        if inliner is None:
+            inliner = PremailerInliner(base_url=campaign.base_url)
+        return cls(campaign, env, templates, inliner)
+
+    def context(self, recipient: Recipient) -> dict[str, Any]:
+        """The variables a recipient's templates see: campaign data, then the CSV row."""
+        return {**self.campaign.data, **recipient.fields}
+
+    def render(self, recipient: Recipient) -> RenderedMail:
+        """Render everything for one recipient; TemplateError/AttachmentError name the row."""
+        context = self.context(recipient)
+        row = Location(self.campaign.recipients, recipient.line)
+        unsubscribe_url = self._one_line("unsubscribe_url", context, row, "unsubscribe.url")
+        unsubscribe_mailto = self._one_line(
+            "unsubscribe_mailto", context, row, "unsubscribe.mailto"
+        )
+        for value, field in ((unsubscribe_url, "url"), (unsubscribe_mailto, "mailto")):
+            if value is not None and _UNSAFE_IN_HEADER.search(value):
+                raise TemplateError(
+                    f"renders to {value!r}, which has spaces or characters a header can't "
+                    "carry (use the urlencode filter)",
+                    where=Location(
+                        self.campaign.path, self._line("unsubscribe"), f"unsubscribe.{field}"
+                    ),
+                    row=row,
+                )
+        if unsubscribe_url is not None:
+            context["unsubscribe_url"] = unsubscribe_url
+        subject = self._one_line("subject", context, row, "subject") or ""
+        html = self._render("html", context, row)
+        text = self._render("text", context, row) if "text" in self._t else html_to_text(html)
+        return RenderedMail(
+            subject=subject,
+            html=self._inliner(html),
+            text=text,
+            unsubscribe_url=unsubscribe_url,
+            unsubscribe_mailto=unsubscribe_mailto,
+            attachments=self._attachments(context, row),
+        )
+
+    def _line(self, key: str) -> int | None:
+        return self.campaign.location(key).line
+
+    def _render(self, key: str, context: dict[str, Any], row: Location) -> str:
+        try:
+            return self._t[key].render(context)
+        except jinja2.TemplateError as exc:
+            raise self._error(exc, row, key) from None
+        except Exception as exc:  # a filter or test raised on this row's data
+            raise self._error(exc, row, key) from None
+
+    def _one_line(self, key: str, context: dict[str, Any], row: Location, field: str) -> str | None:
+        """Render a one-line template (subject, URL): a line break in it is an error."""
+        if key not in self._t:
+            return None
+        value = self._render(key, context, row).strip()
+        if _LINE_BREAK.search(value):
+            raise TemplateError(
+                f"renders to {value!r}, which has a line break; a header must be one line",
+                row=row,
+                where=Location(self.campaign.path, self._line(field.split(".")[0]), field),
+            )
+        return value
+
+    def _error(self, exc: Exception, row: Location, key: str) -> TemplateError:
+        found = _template_line(exc.__traceback__, self._files)
+        if found:
+            where = Location(found[0], found[1])
+        elif key in ("html", "text"):
+            where = Location(
+                self.campaign.template
+                if key == "html"
+                else self.campaign.text_template or self.campaign.template
+            )
+        else:
+            field = key.rstrip("0123456789")
+            where = Location(self.campaign.path, self._line(field.split("_")[0]), field)
+        message = exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else str(exc)
+        if not isinstance(exc, jinja2.TemplateError):
+            message = f"{type(exc).__name__}: {message}"
+        return TemplateError(message, where=where, row=row)
+
+    def _attachments(self, context: dict[str, Any], row: Location) -> tuple[tuple[Path, str], ...]:
+        files = []
+        for index, spec in enumerate(self.campaign.attachments):
+            if not spec.templated:
+                continue
+            raw = self._one_line(f"attachment{index}", context, row, "attachments") or ""
+            path = Path(raw)
+            if not path.is_file():
+                raise AttachmentError(
+                    f"{display_path(path)}: no such file", where=spec.where, row=row
+                )
+            filename = self.filename(index, context, row) or path.name
+            files.append((path, filename))
+        return tuple(files)
+
+    def filename(self, index: int, context: dict[str, Any], row: Location) -> str | None:
+        """The name an attachment is given in the mail, if the campaign sets one."""
+        name = self._one_line(f"filename{index}", context, row, "attachments")
+        if name is not None and ("/" in name or "\\" in name or not name.strip(".")):
+            spec = self.campaign.attachments[index]
+            raise AttachmentError(f"{name!r} is not a file name", where=spec.where, row=row)
+        return name
+
+
+def _compile_file(
+    env: jinja2.Environment,
+    path: Path,
+    folders: list[Path],
+    compiled: dict[str, jinja2.Template],
+) -> jinja2.Template:
+    """Compile a template and, now rather than mid-run, every template it extends or includes."""
+    name = next(path.relative_to(f).as_posix() for f in folders if path.is_relative_to(f))
+    pending, seen, first = [name], set(), None
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            template = env.get_template(current)
+            assert env.loader is not None
+            source = env.loader.get_source(env, current)[0]
+            references = jinja2.meta.find_referenced_templates(env.parse(source))
+        except jinja2.TemplateSyntaxError as exc:
+            where = Location(exc.filename or path, exc.lineno)
+            raise TemplateError(f"syntax error: {exc.message}", where=where) from None
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(
+                f"{exc.name!r} is not in the template folder", where=Location(path)
+            ) from None
+        first = first or template
+        compiled[f"file:{current}"] = template
+        pending.extend(ref for ref in references if ref is not None)
+    assert first is not None
+    return first
+
+
+def _compile_string(env: jinja2.Environment, source: str, where: Location) -> jinja2.Template:
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"syntax error: {exc.message}", where=where) from None
