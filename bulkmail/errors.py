@@ -77,10 +77,15 @@ class CampaignError(BulkmailError):
     ) -> None:
         super().__init__(message, where=where)
         self.row = row
+        self.more_rows = 0  # the same problem on this many other rows (set by the preflight)
 
     def __str__(self) -> str:
         text = super().__str__()
-        return f"{text} (for {self.row})" if self.row else text
+        if self.row is None:
+            return text
+        more = self.more_rows
+        also = f" and {more:,} more row{'s' if more > 1 else ''}" if more else ""
+        return f"{text} (for {self.row}{also})"
 
 
 class ConfigError(CampaignError):

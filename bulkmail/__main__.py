@@ -1,0 +1,5 @@
+"""``python -m bulkmail``: the same as the ``bulkmail`` command."""
+
+from bulkmail.cli import main
+
+main()

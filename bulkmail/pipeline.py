@@ -1,0 +1,212 @@
+"""The library API: check a campaign, preview it, send it. The CLI is a thin layer over this."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bulkmail.campaign import load_campaign
+from bulkmail.errors import CampaignError, PreflightError
+from bulkmail.message import MessageBuilder
+from bulkmail.models import Attachment, Campaign, OutgoingMail
+from bulkmail.preview import PreviewTransport
+from bulkmail.recipients import Skipped, iter_recipients, load_suppressed
+from bulkmail.render import Renderer
+
+MAX_PROBLEMS = 20
+# Gmail and Yahoo require one-click unsubscribe from bulk senders (2024); below this many
+# recipients a campaign is probably not a newsletter, so a missing unsubscribe only warns above.
+UNSUBSCRIBE_WARNING_AT = 100
+
+
+@dataclass(frozen=True)
+class Event:
+    """Progress of a run, for a CLI or a log: ``kind`` is "built", "skipped", "sent", ..."""
+
+    kind: str
+    done: int = 0
+    total: int | None = None
+    mail: OutgoingMail | None = None
+    skipped: Skipped | None = None
+    detail: str = ""
+
+
+OnEvent = Callable[[Event], None]
+
+
+@dataclass
+class CheckReport:
+    """What the preflight found: how many mails, which rows are skipped, and warnings."""
+
+    campaign: Campaign
+    mails: int = 0
+    total_bytes: int = 0
+    largest: int = 0
+    duplicates: int = 0
+    suppressed: int = 0
+    attachments: tuple[Attachment, ...] = ()  # the ones every mail carries
+    skipped: list[Skipped] = field(default_factory=list)  # the first few, to show
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PreviewReport(CheckReport):
+    """A dry run's outcome: the check's figures and where the previews are."""
+
+    out: Path = Path()
+
+
+class _Problems:
+    """Collects preflight problems, merging the same problem on many rows into one line."""
+
+    def __init__(self, limit: int = MAX_PROBLEMS) -> None:
+        self.limit = limit
+        self.found: dict[tuple[str, str], CampaignError] = {}
+        self.rows: dict[tuple[str, str], int] = {}
+        self.truncated = False
+
+    def add(self, error: CampaignError) -> None:
+        key = (str(error.where), error.message)
+        if key in self.found:
+            self.rows[key] += 1
+        elif len(self.found) < self.limit:
+            self.found[key] = error
+            self.rows[key] = 1
+        else:
+            self.truncated = True
+
+    def raise_if_any(self) -> None:
+        if not self.found:
+            return
+        for key, error in self.found.items():
+            error.more_rows = self.rows[key] - 1
+        raise PreflightError(list(self.found.values()), truncated=self.truncated)
+
+
+def count_rows(path: Path) -> int | None:
+    """How many records the CSV has (for a progress bar), or None if it can't be read."""
+    try:
+        with path.open(encoding="utf-8-sig", errors="replace", newline="") as file:
+            return max(sum(1 for row in csv.reader(file) if row) - 1, 0)
+    except (OSError, csv.Error):
+        return None
+
+
+def _mails(
+    campaign: Campaign,
+    report: CheckReport,
+    problems: _Problems,
+    *,
+    limit: int | None,
+    on_event: OnEvent | None,
+) -> Iterator[OutgoingMail]:
+    """Render and build every recipient's mail in order, noting problems and skipped rows."""
+    renderer = Renderer.load(campaign)
+    builder = MessageBuilder.load(campaign)
+    report.attachments = tuple(info for _, info in builder.shared)
+    suppressed = load_suppressed(campaign.suppress) if campaign.suppress else frozenset()
+    total = count_rows(campaign.recipients)
+    if limit is not None and total is not None:
+        total = min(total, limit)
+    index = 0
+    for row in iter_recipients(campaign.recipients, suppressed=suppressed):
+        if limit is not None and index >= limit:
+            break
+        if isinstance(row, CampaignError):
+            problems.add(row)
+            continue
+        if isinstance(row, Skipped):
+            if row.reason == "duplicate":
+                report.duplicates += 1
+            else:
+                report.suppressed += 1
+            if len(report.skipped) < MAX_PROBLEMS:
+                report.skipped.append(row)
+            if on_event:
+                on_event(Event("skipped", index, total, skipped=row))
+            continue
+        index += 1
+        try:
+            mail = builder.build(index, row, renderer.render(row))
+        except CampaignError as exc:
+            problems.add(exc)
+            continue
+        report.mails += 1
+        report.total_bytes += mail.size
+        report.largest = max(report.largest, mail.size)
+        if on_event:
+            on_event(Event("built", index, total, mail=mail))
+        yield mail
+
+
+def _warn(report: CheckReport) -> None:
+    campaign = report.campaign
+    if campaign.unsubscribe is None and report.mails >= UNSUBSCRIBE_WARNING_AT:
+        report.warnings.append(
+            f"{campaign.path.name}: no 'unsubscribe:' for {report.mails:,} recipients; Gmail "
+            "and Yahoo require one-click unsubscribe (List-Unsubscribe) from bulk senders"
+        )
+    if report.duplicates:
+        report.warnings.append(
+            f"{report.duplicates:,} duplicate address{'es' if report.duplicates > 1 else ''} "
+            "in the list: each address is mailed once"
+        )
+
+
+def _campaign(campaign: Campaign | str | Path) -> Campaign:
+    return campaign if isinstance(campaign, Campaign) else load_campaign(campaign)
+
+
+def check_campaign(
+    campaign: Campaign | str | Path,
+    *,
+    limit: int | None = None,
+    on_event: OnEvent | None = None,
+) -> CheckReport:
+    """Render and build every mail without sending; raise PreflightError listing all problems.
+
+    Example::
+
+        report = check_campaign("campaigns/june.yaml")
+        print(report.mails, "mails,", report.total_bytes, "bytes")
+    """
+    campaign = _campaign(campaign)
+    report = CheckReport(campaign)
+    problems = _Problems()
+    for _ in _mails(campaign, report, problems, limit=limit, on_event=on_event):
+        pass
+    problems.raise_if_any()
+    _warn(report)
+    return report
+
+
+def preview_campaign(
+    campaign: Campaign | str | Path,
+    *,
+    out: Path | None = None,
+    limit: int | None = None,
+    on_event: OnEvent | None = None,
+) -> PreviewReport:
+    """Dry run: write every mail as .html and .eml plus an index.html; nothing is sent.
+
+    The folder (``out``, else the campaign's ``preview.out``) is replaced only when every
+    mail was built; if the preflight finds problems, PreflightError is raised and the
+    previous previews stay as they were.
+
+    Example::
+
+        report = preview_campaign("campaigns/june.yaml", limit=10)
+        print("open", report.out / "index.html")
+    """
+    campaign = _campaign(campaign)
+    report = PreviewReport(campaign, out=(out or campaign.preview_out).resolve())
+    problems = _Problems()
+    with PreviewTransport(report.out, name=campaign.name) as transport:
+        for mail in _mails(campaign, report, problems, limit=limit, on_event=on_event):
+            if not problems.found:  # once anything is wrong, only keep checking
+                transport.send(mail)
+        problems.raise_if_any()
+    _warn(report)
+    return report
