@@ -14,7 +14,7 @@ import rich.table
 import typer
 from rich.markup import escape
 
-from bulkmail.errors import BulkmailError, PreflightError, display_path
+from bulkmail.errors import BulkmailError, CampaignError, PreflightError, display_path
 from bulkmail.pipeline import CheckReport, Event, check_campaign, preview_campaign
 
 app = typer.Typer(
@@ -24,7 +24,8 @@ app = typer.Typer(
     help="Send personalised newsletters over SMTP: checked first, sent once, resumable.",
 )
 out = rich.console.Console()
-err = rich.console.Console(stderr=True)
+# One problem per line, never wrapped: people grep these and editors jump to file:line.
+err = rich.console.Console(stderr=True, soft_wrap=True)
 
 CampaignArg = Annotated[
     Path, typer.Argument(help="The campaign YAML file.", show_default=False, dir_okay=False)
@@ -46,13 +47,17 @@ def user_errors() -> Iterator[None]:
         yield
     except PreflightError as exc:
         for problem in exc.problems:
-            err.print(f"[red]error[/]: {escape(str(problem))}", highlight=False)
+            err.print(f"[red]error[/]: {escape(str(problem))}")
         if exc.truncated:
             err.print(f"(stopped after {len(exc.problems)} problems)")
-        err.print(f"{escape(exc.message)}.", highlight=False)
+        err.print(f"{escape(exc.message)}.")
+        raise typer.Exit(exc.exit_code) from None
+    except CampaignError as exc:
+        err.print(f"[red]error[/]: {escape(str(exc))}")
+        err.print("nothing was sent.")
         raise typer.Exit(exc.exit_code) from None
     except BulkmailError as exc:
-        err.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
+        err.print(f"[red]error[/]: {escape(str(exc))}")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted; rerun the same command to resume.")
@@ -107,7 +112,7 @@ def _show(report: CheckReport, title: str, as_json: bool, **extra: object) -> No
         row = f"{display_path(report.campaign.recipients)}:{skipped.recipient.line}"
         out.print(escape(f"skipped {row}: {skipped.recipient.email}: {skipped.detail}"))
     for warning in report.warnings:
-        err.print(f"[yellow]warning[/]: {escape(warning)}", highlight=False)
+        err.print(f"[yellow]warning[/]: {escape(warning)}")
 
 
 class _Progress:
