@@ -73,7 +73,9 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     except csv.Error as exc:
         raise RecipientError(f"malformed CSV: {exc}", where=Location(path, 1)) from exc
     if not header or not any(cell.strip() for cell in header):
-        raise RecipientError("empty file: needs a header row with an email column", Location(path))
+        raise RecipientError(
+            "empty file: needs a header row with an email column", where=Location(path)
+        )
     columns = _columns(header, path)
     start = reader.line_num + 1
     while True:
