@@ -1,0 +1,519 @@
+"""Deliver built mails over one verified SMTP connection: log in once, reconnect, retry 4xx.
+
+This is the only module that imports smtplib. Every smtplib, ssl and socket error becomes
+a bulkmail :class:`~bulkmail.errors.DeliveryError` in one place, :func:`translate_error`.
+
+Per mail, the outcome is one of:
+
+- the server's 2xx reply, returned by :meth:`SMTPTransport.send`;
+- :class:`RecipientRefused` ``permanent=True``: 5xx for this recipient (or it needs
+  SMTPUTF8 and the server has none); the batch goes on;
+- :class:`RecipientRefused` ``permanent=False``: still 4xx after every retry;
+- :class:`DeliveryUncertain`: the connection died after the whole mail was sent and
+  before the server answered, so it may have been delivered;
+- :class:`ConnectError`, :class:`TLSError`, :class:`AuthError`: stop the batch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import smtplib
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from bulkmail.errors import AuthError, ConnectError, DeliveryError, RecipientRefused, TLSError
+from bulkmail.models import OutgoingMail, SmtpSettings
+
+EventHandler = Callable[[str, dict[str, Any]], None]
+Stage = Literal["ca_file", "connect", "starttls", "login", "send"]
+
+# The errors smtplib lets through: its own, and OSError (socket, ssl, timeouts).
+_FOREIGN_ERRORS = (smtplib.SMTPException, OSError)
+
+# RFC 5321 4.5.2: a line starting with "." gets one more.
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+class DeliveryUncertain(ConnectError):
+    """The connection was lost after a whole mail was sent, before the server's answer.
+
+    The server may have accepted the mail: do not resend it blindly.
+    """
+
+    def __init__(self, message: str, *, recipient: str) -> None:
+        super().__init__(message)
+        self.recipient = recipient
+
+
+def resolve_password(
+    settings: SmtpSettings,
+    *,
+    environ: Mapping[str, str] = os.environ,
+    prompt: Callable[[str], str] | None = None,
+) -> str | None:
+    """Find the SMTP password: the ``password_env`` variable, else ``prompt``, else an error.
+
+    The CLI passes a getpass-based ``prompt`` only when a terminal is attached. An empty
+    variable counts as unset. Returns None when no ``username`` is set and no password
+    was found: the server is used without logging in.
+    """
+    if settings.password_env and environ.get(settings.password_env):
+        return environ[settings.password_env]
+    if settings.username is None:
+        return None
+    if prompt is not None:
+        return prompt(f"SMTP password for {settings.username} at {settings.host}: ")
+    raise AuthError(_missing_password(settings))
+
+
+def _missing_password(settings: SmtpSettings) -> str:
+    where = f"{settings.host}:{settings.port}: no password for {settings.username}"
+    if settings.password_env:
+        return f"{where}: set the environment variable {settings.password_env}"
+    return f"{where}: add `password_env: SOME_VARIABLE` to the smtp settings and set that variable"
+
+
+def translate_error(
+    exc: BaseException, *, where: str, stage: Stage, username: str | None = None
+) -> DeliveryError:
+    """Map an smtplib/ssl/socket error to the most specific bulkmail error.
+
+    ``where`` is ``host:port`` (or the CA file for stage ``ca_file``); ``stage`` says what
+    was going on, which decides the class of a bare SMTP reply (a 454 to STARTTLS is a
+    TLS failure, a 535 to AUTH an authentication failure). No message carries a password.
+    """
+    if isinstance(exc, DeliveryError):
+        return exc
+    if stage == "ca_file":
+        return TLSError(f"{where}: cannot load the CA certificates: {_os_reason(exc)}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSError(f"{where}: certificate verify failed: {exc.verify_message}")
+    if isinstance(exc, ssl.SSLError):
+        return TLSError(f"{where}: TLS failed: {exc.reason or exc}")
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return ConnectError(f"{where}: the server closed the connection ({exc})")
+    if isinstance(exc, smtplib.SMTPConnectError):
+        return ConnectError(f"{where}: the server refused the session: {_reply_text(exc)}")
+    if isinstance(exc, smtplib.SMTPException):
+        return _refusal_by_stage(exc, where=where, stage=stage, username=username)
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectError(f"{where}: connection refused")
+    if isinstance(exc, TimeoutError):
+        return ConnectError(f"{where}: timed out")
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(f"{where}: cannot resolve the host name: {exc.strerror}")
+    if isinstance(exc, OSError):
+        return ConnectError(f"{where}: {_os_reason(exc)}")
+    raise TypeError(f"not an SMTP, TLS or socket error: {exc!r}") from exc
+
+
+def _refusal_by_stage(
+    exc: smtplib.SMTPException, *, where: str, stage: Stage, username: str | None
+) -> DeliveryError:
+    """An SMTP-level refusal (a reply code, or a missing extension) during ``stage``."""
+    text = _reply_text(exc) if isinstance(exc, smtplib.SMTPResponseException) else str(exc)
+    if stage == "login" and isinstance(exc, smtplib.SMTPNotSupportedError):
+        return AuthError(
+            f"{where}: cannot log in as {username}: the server offers no AUTH"
+            " (some offer it only after STARTTLS)"
+        )
+    if stage == "login":
+        return AuthError(f"{where}: login refused for {username}: {text}")
+    if stage == "starttls":
+        return TLSError(f"{where}: STARTTLS failed: {text}")
+    return ConnectError(f"{where}: {text}")
+
+
+def _reply_text(exc: smtplib.SMTPResponseException) -> str:
+    return f"{exc.smtp_code} {_decode(exc.smtp_error)}"
+
+
+def _os_reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
+def _decode(text: bytes | str) -> str:
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
+def _one_line(text: str) -> str:
+    return " / ".join(line.strip() for line in text.splitlines()) or text
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """The answer that ended one transaction attempt, and to which command."""
+
+    command: str
+    code: int
+    text: str
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @classmethod
+    def of(cls, command: str, response: tuple[int, bytes]) -> _Reply:
+        code, text = response
+        return cls(command, code, _decode(text))
+
+    def __str__(self) -> str:
+        return f"{self.code} {_one_line(self.text)}"
+
+
+class _Dropped(Exception):
+    """The connection went away (or the server said 421) before the mail was complete."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SMTPTransport:
+    """Send mails through one SMTP connection, opened and logged into once.
+
+    Reconnects (and logs in again) when the server drops the connection, answers 421
+    or ``settings.max_per_connection`` mails went through one connection, then carries
+    on with the same mail. 4xx replies are retried after each of ``retry_delays``.
+    ``on_event(name, info)`` hears of "connect", "login", "reconnect" and "retry".
+
+    >>> with SMTPTransport(settings, password=resolve_password(settings)) as smtp:
+    ...     reply = smtp.send(mail)
+    """
+
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        *,
+        password: str | None,
+        ssl_context: ssl.SSLContext | None = None,
+        retry_delays: Sequence[float] = (1, 2, 4),
+        max_reconnects: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
+        on_event: EventHandler | None = None,
+    ) -> None:
+        if settings.security not in ("ssl", "starttls", "none"):
+            raise ValueError(f"unknown security {settings.security!r}")
+        self.settings = settings
+        self._password = password
+        self._ssl_context = ssl_context
+        self._retry_delays = tuple(retry_delays)
+        self._max_reconnects = max_reconnects
+        self._sleep = sleep
+        self._on_event = on_event
+        self._smtp: smtplib.SMTP | None = None
+        # Transactions begun on this connection, refused ones included: a server that
+        # limits mails per connection usually counts MAIL commands.
+        self._sent_on_connection = 0
+        self._needs_rset = False  # the last transaction failed half-way
+        self.connections = 0  # connections opened so far
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"SMTPTransport({s.host}:{s.port}, security={s.security!r}, username={s.username!r})"
+
+    @property
+    def where(self) -> str:
+        """``host:port``, the prefix of every error message."""
+        return f"{self.settings.host}:{self.settings.port}"
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The current connection's socket (an SSLSocket once TLS is on), for diagnostics."""
+        return self._smtp.sock if self._smtp is not None else None
+
+    # -- the Transport protocol -------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Connect, say EHLO, set up TLS as configured and log in. Does nothing if open."""
+        if self._smtp is None:
+            self._connect()
+
+    def send(self, mail: OutgoingMail) -> str:
+        """Deliver ``mail`` to its one recipient; return the server's 2xx reply.
+
+        Raises RecipientRefused for this recipient only; DeliveryUncertain if the outcome
+        cannot be known; ConnectError, TLSError or AuthError when the batch must stop.
+        """
+        payload = _dot_stuff(mail.data)
+        retries = drops = 0
+        while True:
+            smtp = self._ready_connection()
+            try:
+                reply = self._transaction(smtp, mail, payload)
+            except DeliveryUncertain:
+                self._discard_connection()
+                raise
+            except _Dropped as drop:
+                self._discard_connection()
+                drops += 1
+                self._before_reconnect(mail, drop.reason, drops)
+                continue
+            if reply.accepted:
+                return str(reply)
+            if reply.transient and retries < len(self._retry_delays):
+                delay = self._retry_delays[retries]
+                retries += 1
+                self._emit(
+                    "retry",
+                    recipient=mail.recipient.email,
+                    code=reply.code,
+                    reply=reply.text,
+                    delay=delay,
+                    attempt=retries,
+                )
+                self._sleep(delay)
+                continue
+            raise self._refusal(mail, reply, retries)
+
+    def close(self) -> None:
+        """Say QUIT and close the connection; errors on the way out are ignored."""
+        self._quit()
+
+    # -- connecting ---------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        s = self.settings
+        if s.username is not None and self._password is None:
+            raise AuthError(_missing_password(s))
+        smtp = self._new_client()
+        try:
+            with self._translating("connect"):
+                _set_nodelay(smtp)
+                smtp.ehlo_or_helo_if_needed()
+            if s.security == "starttls":
+                self._starttls(smtp)
+            self.connections += 1
+            self._emit(
+                "connect",
+                host=s.host,
+                port=s.port,
+                security=s.security,
+                connection=self.connections,
+            )
+            if s.username is not None:
+                self._login(smtp, s.username)
+        except BaseException:
+            smtp.close()
+            raise
+        self._smtp = smtp
+        self._sent_on_connection = 0
+        self._needs_rset = False
+
+    def _new_client(self) -> smtplib.SMTP:
+        """A client connected for the configured security, greeting read."""
+        s = self.settings
+        # The host goes to the constructor, not to a later connect(): smtplib remembers
+        # it there only, for the certificate check of STARTTLS (else "check_hostname
+        # requires server_hostname").
+        context = self._context() if s.security == "ssl" else None
+        with self._translating("connect"):
+            if context is not None:
+                return smtplib.SMTP_SSL(
+                    s.host,
+                    s.port,
+                    local_hostname=s.local_hostname,
+                    timeout=s.timeout,
+                    context=context,
+                )
+            return smtplib.SMTP(s.host, s.port, local_hostname=s.local_hostname, timeout=s.timeout)
+
+    def _context(self) -> ssl.SSLContext:
+        """The one verifying SSL context of this transport, created on first use."""
+        if self._ssl_context is None:
+            ca_file = self.settings.ca_file
+            with self._translating("ca_file", where=str(ca_file)):
+                self._ssl_context = ssl.create_default_context(cafile=ca_file)
+        return self._ssl_context
+
+    def _starttls(self, smtp: smtplib.SMTP) -> None:
+        # Checked here rather than left to smtplib so the message says what to do, and so
+        # that no password is ever sent over a connection that stayed in the clear.
+        if not smtp.has_extn("starttls"):
+            raise TLSError(
+                f"{self.where}: the server does not offer STARTTLS;"
+                " refusing to continue without TLS (security: starttls)"
+            )
+        with self._translating("starttls"):
+            smtp.starttls(context=self._context())
+            smtp.ehlo_or_helo_if_needed()  # RFC 3207 4.2: forget what was said in clear
+
+    def _login(self, smtp: smtplib.SMTP, username: str) -> None:
+        assert self._password is not None  # checked in _connect
+        with self._translating("login", username=username):
+            smtp.login(username, self._password)
+        self._emit("login", username=username)
+
+    def _ready_connection(self) -> smtplib.SMTP:
+        """The open connection, replaced first if it carried ``max_per_connection`` mails."""
+        limit = self.settings.max_per_connection
+        if self._smtp is not None and limit and self._sent_on_connection >= limit:
+            self._quit()
+            self._emit("reconnect", reason=f"max_per_connection ({limit}) reached", attempt=1)
+        if self._smtp is None:
+            self._connect()
+        assert self._smtp is not None
+        return self._smtp
+
+    def _before_reconnect(self, mail: OutgoingMail, reason: str, drops: int) -> None:
+        """Give up after ``max_reconnects`` drops for one mail; else wait if this is a repeat."""
+        if drops > self._max_reconnects:
+            raise ConnectError(
+                f"{self.where}: the connection was lost {drops} times while sending to"
+                f" {mail.recipient.email}; last: {reason}"
+            )
+        self._emit("reconnect", reason=f"{self.where}: {reason}", attempt=drops)
+        if drops > 1 and self._retry_delays:
+            self._sleep(self._retry_delays[min(drops - 2, len(self._retry_delays) - 1)])
+
+    def _discard_connection(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            smtp.close()
+
+    def _quit(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except _FOREIGN_ERRORS:
+            pass  # the server may be gone already; there is nothing left to tell it
+        finally:
+            smtp.close()
+
+    # -- one mail -------------------------------------------------------------------------
+
+    def _transaction(self, smtp: smtplib.SMTP, mail: OutgoingMail, payload: bytes) -> _Reply:
+        """MAIL, RCPT, DATA for one mail. Raises _Dropped when the mail can safely be resent."""
+        options = self._mail_options(smtp, mail)
+        try:
+            if self._needs_rset:
+                # listmonk #300/#1192: without RSET every later mail got "503 sender
+                # already specified" after one refused recipient.
+                self._check(_Reply.of("RSET", smtp.rset()))
+                self._needs_rset = False
+            self._sent_on_connection += 1
+            self._needs_rset = True  # until the server accepts this mail
+            reply = self._exchange(smtp, mail, options, payload)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            error = translate_error(exc, where=self.where, stage="send")
+            raise _Dropped(error.message.removeprefix(f"{self.where}: ")) from exc
+        self._check(reply)
+        self._needs_rset = not reply.accepted
+        return reply
+
+    def _exchange(
+        self, smtp: smtplib.SMTP, mail: OutgoingMail, options: list[str], payload: bytes
+    ) -> _Reply:
+        reply = _Reply.of("MAIL FROM", smtp.mail(mail.sender, options))
+        if not reply.accepted:
+            return reply
+        reply = _Reply.of("RCPT TO", smtp.rcpt(mail.recipient.email))
+        if not reply.accepted:
+            return reply
+        reply = _Reply.of("DATA", smtp.docmd("DATA"))
+        if reply.code != 354:
+            return reply
+        # smtplib's data() sends and reads the reply in one call; they are separate here
+        # because a drop while sending means "not delivered" but a drop while waiting for
+        # the reply means "maybe delivered".
+        smtp.send(payload)
+        try:
+            return _Reply.of("end of DATA", smtp.getreply())
+        except smtplib.SMTPServerDisconnected as exc:
+            raise DeliveryUncertain(
+                f"{self.where}: the connection was lost after the mail to"
+                f" {mail.recipient.email} was sent, before the server confirmed it;"
+                " it may or may not have been delivered",
+                recipient=mail.recipient.email,
+            ) from exc
+
+    def _check(self, reply: _Reply) -> None:
+        """A 421 means the server is closing the connection: reconnect and try again."""
+        if reply.code == 421:
+            raise _Dropped(f"the server is closing the connection: {reply}")
+
+    def _mail_options(self, smtp: smtplib.SMTP, mail: OutgoingMail) -> list[str]:
+        """MAIL FROM parameters: SIZE, BODY=8BITMIME and SMTPUTF8 as the mail needs them."""
+        options = [f"SIZE={len(mail.data)}"] if smtp.has_extn("size") else []
+        if mail.smtputf8 or not (mail.sender.isascii() and mail.recipient.email.isascii()):
+            if not smtp.has_extn("smtputf8"):
+                raise RecipientRefused(
+                    f"{mail.recipient.email}: this mail needs SMTPUTF8 (non-ASCII addresses),"
+                    f" which {self.where} does not offer; not sent",
+                    code=0,
+                    reply="",
+                    permanent=True,
+                )
+            options.append("SMTPUTF8")
+        if not mail.data.isascii() and smtp.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        return options
+
+    def _refusal(self, mail: OutgoingMail, reply: _Reply, retries: int) -> DeliveryError:
+        rcpt = mail.recipient.email
+        if reply.command == "MAIL FROM" and reply.code == 530:
+            return AuthError(f"{self.where}: the server wants a login before sending: {reply}")
+        if reply.transient:
+            message = f"{rcpt}: still deferred by {self.where} after {retries} retries: {reply}"
+        else:
+            message = f"{rcpt}: refused by {self.where} at {reply.command}: {reply}"
+        return RecipientRefused(
+            message, code=reply.code, reply=reply.text, permanent=not reply.transient
+        )
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    @contextmanager
+    def _translating(
+        self, stage: Stage, *, where: str | None = None, username: str | None = None
+    ) -> Iterator[None]:
+        try:
+            yield
+        except _FOREIGN_ERRORS as exc:
+            raise translate_error(
+                exc, where=where or self.where, stage=stage, username=username
+            ) from exc
+
+    def _emit(self, name: str, **info: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(name, info)
+
+
+def _set_nodelay(smtp: smtplib.SMTP) -> None:
+    """Disable Nagle: a multi-record TLS write otherwise waits for a delayed ACK (~40 ms)."""
+    assert smtp.sock is not None
+    # An SSLSocket shares the file descriptor, so STARTTLS keeps the option.
+    smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _dot_stuff(data: bytes) -> bytes:
+    """The DATA payload: ``data`` with leading dots doubled, ended by CRLF "." CRLF."""
+    stuffed = _LEADING_DOT.sub(b"..", data)
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"
