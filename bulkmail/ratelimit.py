@@ -19,7 +19,9 @@ from typing import Protocol
 from bulkmail.models import Rate
 
 Clock = Callable[[], float]
-Sleep = Callable[[float], None]
+# A sleep may return True to say it was interrupted, as threading.Event().wait does when
+# the event is set; time.sleep returns None.
+Sleep = Callable[[float], object]
 
 # Float rounding: ``now + (t - now)`` is not always exactly ``t``, so a fake clock could
 # otherwise make us sleep for 1e-17 s forever. One nanosecond of slack is far below
@@ -39,7 +41,9 @@ class TokenBucket:
     """At most ``per_second`` acquisitions a second on average, ``burst`` back to back.
 
     ``clock`` and ``sleep`` are injectable so tests can run on a fake clock; ``sleep``
-    must advance that clock. Not thread-safe: one sender uses one bucket.
+    must advance that clock. Passing ``sleep=stop_event.wait`` makes a wait end early when
+    the event is set: ``acquire()`` then returns without a token, and the caller checks
+    its event before starting a mail. Not thread-safe: one sender uses one bucket.
 
     >>> bucket = TokenBucket(5, burst=2)
     >>> bucket.acquire()  # the first ``burst`` calls return at once
@@ -71,10 +75,14 @@ class TokenBucket:
         return f"TokenBucket(per_second={self.per_second!r}, burst={self.burst!r})"
 
     def acquire(self) -> float:
-        """Block (sleeping) until a token is available, take it, return the seconds waited."""
+        """Block (sleeping) until a token is available, take it, return the seconds waited.
+
+        If ``sleep`` returns True (interrupted), return at once without taking a token.
+        """
         start = now = self._clock()
         while (wait := self._earliest_start() - now) > _TOLERANCE:
-            self._sleep(wait)
+            if self._sleep(wait) is True:
+                return self._clock() - start
             now = self._clock()
         self._next_due = max(self._next_due, now) + self._interval
         return now - start

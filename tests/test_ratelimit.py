@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -54,6 +55,46 @@ def test_idle_time_refills_the_bucket_up_to_burst_only(fake_clock: FakeClock) ->
     fake_clock.advance(3600)
 
     assert [bucket.acquire() for _ in range(3)] == [0, 0, 1]
+
+
+class StoppableSleep:
+    """Like ``threading.Event().wait`` on a fake clock: returns True at once once stopped."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.stopped = False
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> bool:
+        self.calls.append(seconds)
+        if not self.stopped:
+            self.clock.advance(seconds)
+        return self.stopped
+
+
+def test_an_interrupted_sleep_returns_without_taking_a_token(fake_clock: FakeClock) -> None:
+    sleep = StoppableSleep(fake_clock)
+    bucket = TokenBucket(1, clock=fake_clock, sleep=sleep)
+    bucket.acquire()
+
+    sleep.stopped = True
+    assert bucket.acquire() == 0
+    assert sleep.calls == [1]  # one interrupted sleep, then back to the caller: no spinning
+
+    sleep.stopped = False
+    assert bucket.acquire() == 1  # the interrupted call did not spend the token
+    assert sleep.calls == [1, 1]
+
+
+def test_event_wait_works_as_the_sleep() -> None:
+    stop = threading.Event()
+    bucket = TokenBucket(0.001, sleep=stop.wait)  # the next token is 1000 s away
+    bucket.acquire()
+    threading.Timer(0.05, stop.set).start()
+
+    waited = bucket.acquire()
+
+    assert 0.04 < waited < 1
 
 
 @settings(max_examples=300, deadline=None)
