@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import getpass
 import json
+import signal
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +20,10 @@ import typer
 from rich.markup import escape
 
 from bulkmail.errors import BulkmailError, CampaignError, PreflightError, display_path
+from bulkmail.journal import Entry
 from bulkmail.pipeline import CheckReport, Event, check_campaign, preview_campaign
+from bulkmail.send import SendPlan, SendReport, send_campaign, send_test
+from bulkmail.status import campaign_status, write_failed_csv
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -171,25 +179,332 @@ def preview(
         out.print(f"previews: {escape(display_path(report.out / 'index.html'))}")
 
 
+class _SendProgress:
+    """Live progress of a send: a bar with sent and failed counts, rate and ETA."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.enabled = out.is_terminal
+        self.sent = self.failed = 0
+        self.started = time.monotonic()
+        self.progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[green]{task.fields[sent]} sent[/] [red]{task.fields[failed]} failed[/]"),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=out,
+            transient=True,
+            disable=not self.enabled,
+        )
+        self.task = self.progress.add_task("sending", total=None, sent=0, failed=0, rate="")
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "sent":
+            self.sent += 1
+        elif event.kind in ("failed", "uncertain"):
+            self.failed += 1
+        else:
+            return
+        elapsed = time.monotonic() - self.started
+        rate = f"{(self.sent + self.failed) / elapsed:.1f}/s" if elapsed > 0 else ""
+        self.progress.update(
+            self.task,
+            completed=event.done,
+            total=event.total,
+            sent=self.sent,
+            failed=self.failed,
+            rate=rate,
+        )
+
+    def __enter__(self) -> _SendProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _describe_plan(plan: SendPlan) -> rich.table.Table:
+    campaign = plan.campaign
+    table = rich.table.Table(title="About to send", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    smtp = campaign.smtp
+    if smtp is not None:
+        server = f"{smtp.host}:{smtp.port} ({smtp.security})"
+        if smtp.username:
+            server += f" as {smtp.username}"
+        table.add_row("server", escape(server))
+    table.add_row("campaign", escape(f"{campaign.name} ({display_path(campaign.path)})"))
+    table.add_row("from", escape(campaign.sender))
+    table.add_row("recipients", f"{plan.to_send:,} to send")
+    if plan.already_accepted:
+        table.add_row("already sent", f"{plan.already_accepted:,} (accepted in an earlier run)")
+    if plan.earlier_failed:
+        table.add_row("failed before", f"{plan.earlier_failed:,} (--retry-failed to retry)")
+    if plan.uncertain:
+        table.add_row("uncertain", f"{plan.uncertain:,} (--resend-uncertain to resend)")
+    rate = campaign.rate
+    table.add_row("rate", rate.text)
+    if rate.per_second:
+        seconds = max(plan.to_send - rate.burst, 0) / rate.per_second
+        table.add_row("estimated time", _duration(seconds))
+    return table
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _confirm(yes: bool) -> Callable[[SendPlan], bool]:
+    def confirm(plan: SendPlan) -> bool:
+        out.print(_describe_plan(plan))
+        for warning in plan.check.warnings:
+            err.print(f"[yellow]warning[/]: {escape(warning)}")
+        if yes:
+            return True
+        return typer.confirm(f"Send {plan.to_send:,} mails now?", default=False)
+
+    return confirm
+
+
+def _password_prompt() -> Callable[[str], str] | None:
+    if not sys.stdin.isatty():
+        return None
+    return lambda text: getpass.getpass(text)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """The first Ctrl-C or SIGTERM asks the run to stop after the current mail; a second
+    Ctrl-C interrupts at once (the journal stays consistent either way)."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        err.print("stopping after the current mail (Ctrl-C again to stop at once)...")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _send_report_json(report: SendReport) -> dict[str, object]:
+    plan = report.plan
+    return {
+        "campaign": plan.campaign.name,
+        "accepted": report.accepted,
+        "failed": report.failed,
+        "uncertain": report.uncertain,
+        "already_accepted": plan.already_accepted,
+        "earlier_failed": plan.earlier_failed,
+        "earlier_uncertain": plan.uncertain,
+        "suppressed": plan.check.suppressed,
+        "duplicates": plan.check.duplicates,
+        "interrupted": report.interrupted,
+        "stopped": str(report.stopped) if report.stopped else None,
+        "failures": [
+            {"email": r.email, "line": r.line, "reply": why} for r, why in report.failures
+        ],
+        "elapsed_seconds": round(report.elapsed, 3),
+        "journal": str(report.journal),
+    }
+
+
+def _show_send_report(report: SendReport, command: str) -> int:
+    plan = report.plan
+    out.print(
+        f"[green]{report.accepted:,} accepted[/], [red]{report.failed:,} failed[/]"
+        + (f", {report.uncertain:,} uncertain" if report.uncertain else "")
+        + f"; skipped: {plan.already_accepted:,} already sent, {plan.check.suppressed:,} "
+        f"suppressed, {plan.check.duplicates:,} duplicates"
+        + (f" (in {_duration(report.elapsed)})" if report.elapsed else "")
+    )
+    for _, why in report.failures:
+        err.print(f"[red]failed[/]: {escape(why)}")
+    if report.failed > len(report.failures):
+        err.print(f"... and {report.failed - len(report.failures):,} more: bulkmail status")
+    return _exit_code(report, command)
+
+
+def _exit_code(report: SendReport, command: str) -> int:
+    if report.stopped is not None:
+        err.print(f"[red]error[/]: {escape(str(report.stopped))}")
+        err.print(f"delivery stopped; what was sent is journaled: rerun `{command}` to go on.")
+        return report.stopped.exit_code
+    if report.interrupted:
+        err.print(f"interrupted; rerun `{command}` to resume where it stopped.")
+        return 130
+    if report.failed or report.uncertain:
+        return 3
+    return 0
+
+
 @app.command()
 def run(
     campaign: CampaignArg,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Write previews instead of sending.")
     ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Send without asking.")] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Send again to recipients that failed.")
+    ] = False,
+    resend_uncertain: Annotated[
+        bool,
+        typer.Option(
+            "--resend-uncertain",
+            help="Send again to recipients whose outcome a crash left unknown.",
+        ),
+    ] = False,
+    allow_changes: Annotated[
+        bool,
+        typer.Option("--allow-changes", help="Go on although the content changed since."),
+    ] = False,
     out_dir: OutOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Send the campaign (or, with --dry-run, write previews).
+    """Send the campaign; with --dry-run, write previews instead.
+
+    Every mail is checked first; nothing is sent if anything is wrong. The journal
+    (campaigns/.bulkmail/NAME.sqlite) records each outcome, so running the same command
+    again resumes: nobody is mailed twice.
 
     Example: bulkmail run campaigns/june.yaml --dry-run
     """
     if dry_run:
         preview(campaign, out_dir=out_dir, limit=limit, as_json=as_json)
         return
-    err.print("[red]error[/]: sending is not available yet; use --dry-run")
-    raise typer.Exit(2)
+    command = f"bulkmail run {campaign}"
+    with user_errors():
+        if not yes and not sys.stdin.isatty():
+            raise CampaignError("no terminal to confirm on: add --yes to send")
+        with _stop_on_signals() as stop, _SendProgress() as progress:
+            report = send_campaign(
+                campaign,
+                limit=limit,
+                retry_failed=retry_failed,
+                resend_uncertain=resend_uncertain,
+                allow_changes=allow_changes,
+                prompt=_password_prompt(),
+                confirm=_confirm(yes or as_json),
+                stop=stop,
+                on_event=progress,
+            )
+    if as_json:
+        print(json.dumps(_send_report_json(report), indent=2))
+        code = _exit_code(report, command)
+    else:
+        code = _show_send_report(report, command)
+    raise typer.Exit(code)
+
+
+@app.command("send-test")
+def send_test_command(
+    campaign: CampaignArg,
+    to: Annotated[str, typer.Option("--to", help="The one address to send the test to.")],
+    row: Annotated[
+        int, typer.Option("--row", min=1, help="Render the mail of this recipient (1 = first).")
+    ] = 1,
+) -> None:
+    """Send one recipient's mail to yourself, subject marked [TEST]. Nothing is journaled.
+
+    Example: bulkmail send-test campaigns/june.yaml --to me@example.com --row 3
+    """
+    with user_errors():
+        mail = send_test(campaign, to=to, row=row, prompt=_password_prompt())
+    out.print(f"test mail sent to {escape(to)}: {escape(mail.subject)}")
+
+
+@app.command()
+def status(
+    campaign: CampaignArg,
+    failed_csv: Annotated[
+        Path | None,
+        typer.Option("--failed-csv", help="Write the failed recipients' rows to this CSV."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show where a campaign stands: counts per status, failures, uncertain recipients.
+
+    Example: bulkmail status campaigns/june.yaml --failed-csv failed.csv
+    """
+    with user_errors():
+        state = campaign_status(campaign)
+    summary = state.summary
+    if failed_csv is not None:
+        count = write_failed_csv(state, failed_csv)
+        err.print(f"wrote {count:,} failed rows to {escape(str(failed_csv))}")
+    if as_json:
+        data = {
+            "campaign": state.campaign.name,
+            "journal": str(state.journal),
+            "counts": {s.value: n for s, n in summary.counts.items()} if summary else {},
+            "runs": summary.runs if summary else 0,
+            "started": _iso(summary.started) if summary else None,
+            "last_sent": _iso(summary.last_sent) if summary else None,
+            "rate_per_second": round(summary.rate, 3) if summary and summary.rate else None,
+            "failed": [_entry_json(e) for e in state.failed],
+            "uncertain": [_entry_json(e) for e in state.uncertain],
+        }
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    if summary is None:
+        out.print(f"{escape(state.campaign.name)}: never sent (no journal yet)")
+        return
+    table = rich.table.Table(title=f"Campaign {escape(state.campaign.name)}", title_justify="left")
+    table.add_column("status")
+    table.add_column("recipients", justify="right")
+    for key, count in summary.counts.items():
+        table.add_row(key.value, f"{count:,}")
+    out.print(table)
+    out.print(
+        f"runs: {summary.runs}; started {_iso(summary.started)}; "
+        f"last accepted {_iso(summary.last_sent)}"
+        + (f"; {summary.rate:.1f} mails/s" if summary.rate else "")
+    )
+    for entry in state.failed:
+        out.print(escape(f"failed: line {entry.line}: {entry.email}: {entry.reply}"))
+    for entry in state.uncertain:
+        out.print(
+            escape(
+                f"uncertain: line {entry.line}: {entry.email}: the server may have it "
+                "(--resend-uncertain sends it again)"
+            )
+        )
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def _entry_json(entry: Entry) -> dict[str, object]:
+    return {
+        "email": entry.email,
+        "line": entry.line,
+        "attempts": entry.attempts,
+        "code": entry.code,
+        "reply": entry.reply,
+    }
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ class PreviewReport(CheckReport):
     out: Path = Path()
 
 
-class _Problems:
+class ProblemLog:
     """Collects preflight problems, merging the same problem on many rows into one line."""
 
     def __init__(self, limit: int = MAX_PROBLEMS) -> None:
@@ -94,10 +94,10 @@ def count_rows(path: Path) -> int | None:
         return None
 
 
-def _mails(
+def build_mails(
     campaign: Campaign,
     report: CheckReport,
-    problems: _Problems,
+    problems: ProblemLog,
     *,
     limit: int | None,
     on_event: OnEvent | None,
@@ -141,7 +141,7 @@ def _mails(
         yield mail
 
 
-def _warn(report: CheckReport) -> None:
+def add_warnings(report: CheckReport) -> None:
     campaign = report.campaign
     if campaign.unsubscribe is None and report.mails >= UNSUBSCRIBE_WARNING_AT:
         report.warnings.append(
@@ -155,7 +155,7 @@ def _warn(report: CheckReport) -> None:
         )
 
 
-def _campaign(campaign: Campaign | str | Path) -> Campaign:
+def as_campaign(campaign: Campaign | str | Path) -> Campaign:
     return campaign if isinstance(campaign, Campaign) else load_campaign(campaign)
 
 
@@ -172,13 +172,13 @@ def check_campaign(
         report = check_campaign("campaigns/june.yaml")
         print(report.mails, "mails,", report.total_bytes, "bytes")
     """
-    campaign = _campaign(campaign)
+    campaign = as_campaign(campaign)
     report = CheckReport(campaign)
-    problems = _Problems()
-    for _ in _mails(campaign, report, problems, limit=limit, on_event=on_event):
+    problems = ProblemLog()
+    for _ in build_mails(campaign, report, problems, limit=limit, on_event=on_event):
         pass
     problems.raise_if_any()
-    _warn(report)
+    add_warnings(report)
     return report
 
 
@@ -200,13 +200,13 @@ def preview_campaign(
         report = preview_campaign("campaigns/june.yaml", limit=10)
         print("open", report.out / "index.html")
     """
-    campaign = _campaign(campaign)
+    campaign = as_campaign(campaign)
     report = PreviewReport(campaign, out=(out or campaign.preview_out).resolve())
-    problems = _Problems()
+    problems = ProblemLog()
     with PreviewTransport(report.out, name=campaign.name) as transport:
-        for mail in _mails(campaign, report, problems, limit=limit, on_event=on_event):
+        for mail in build_mails(campaign, report, problems, limit=limit, on_event=on_event):
             if not problems.found:  # once anything is wrong, only keep checking
                 transport.send(mail)
         problems.raise_if_any()
-    _warn(report)
+    add_warnings(report)
     return report

@@ -70,7 +70,9 @@ class Renderer:
         self.env = env
         self._t = templates
         self._inliner = inliner
-        self._files = {t.filename for t in templates.values() if t.filename}
+        self._files = {
+            t.filename for key, t in templates.items() if key.startswith("file:") and t.filename
+        }
 
     @classmethod
     def load(cls, campaign: Campaign, *, inliner: Inliner | None = None) -> Renderer:
@@ -106,6 +108,11 @@ class Renderer:
         if inliner is None:
             inliner = PremailerInliner(base_url=campaign.base_url)
         return cls(campaign, env, templates, inliner)
+
+    @property
+    def template_files(self) -> list[Path]:
+        """Every template file the campaign uses (extended and included ones too)."""
+        return sorted(Path(name) for name in self._files)
 
     def context(self, recipient: Recipient) -> dict[str, Any]:
         """The variables a recipient's templates see: campaign data, then the CSV row."""

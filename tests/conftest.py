@@ -32,15 +32,6 @@ from bulkmail.models import SmtpSettings
 # ---------------------------------------------------------------------------------------
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # To move into pyproject's filterwarnings: when a property fails, hypothesis imports
-    # libcst (1.0.1 here) to suggest a patch, and that libcst subclasses the deprecated
-    # mypy_extensions.TypedDict; under "error" the failure report becomes an INTERNALERROR.
-    config.addinivalue_line(
-        "filterwarnings", "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning"
-    )
-
-
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No BULKMAIL_* variable of the developer's shell leaks into a test (cf. httpx)."""
