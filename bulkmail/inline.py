@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Protocol
 
 import premailer
+
+_DOCTYPE = re.compile(r"\s*(<!doctype[^>]*>)", re.IGNORECASE)
 
 
 class Inliner(Protocol):
@@ -20,20 +23,24 @@ class PremailerInliner:
     - ``allow_network=False``: a ``<link>`` stylesheet is never downloaded mid-campaign.
     - ``strip_important=False``: ``!important`` is what lets ``@media`` rules (kept in a
       ``<style>`` block) override the inlined styles on small screens.
-    - ``base_url``: relative links and images are made absolute, as a mail client needs.
+    - ``base_url``: relative links and images are made absolute, as a mail client needs;
+      ``#anchor`` links stay as they are.
+    - the template's ``<!doctype>``, which premailer drops, is put back: without it mail
+      clients render in quirks mode.
     """
 
     def __init__(self, *, base_url: str | None = None) -> None:
         self.base_url = base_url
 
     def __call__(self, html: str) -> str:
-        return str(
-            premailer.Premailer(
-                html,
-                base_url=self.base_url,
-                allow_network=False,
-                strip_important=False,
-                cssutils_logging_level=logging.CRITICAL,
-                disable_validation=True,
-            ).transform()
-        )
+        out = premailer.Premailer(
+            html,
+            base_url=self.base_url,
+            allow_network=False,
+            strip_important=False,
+            preserve_internal_links=True,
+            cssutils_logging_level=logging.CRITICAL,
+            disable_validation=True,
+        ).transform()
+        doctype = _DOCTYPE.match(html)
+        return f"{doctype.group(1)}\n{out}" if doctype else str(out)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import email.errors
 import mimetypes
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.headerregistry import Address
@@ -11,7 +15,13 @@ from email.policy import EmailPolicy
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from bulkmail.errors import AttachmentError, ConfigError, Location, RecipientError
+from bulkmail.errors import (
+    AttachmentError,
+    ConfigError,
+    Location,
+    RecipientError,
+    TemplateError,
+)
 from bulkmail.models import Attachment, Campaign, OutgoingMail, Recipient
 from bulkmail.recipients import check_address
 from bulkmail.render import RenderedMail
@@ -19,7 +29,16 @@ from bulkmail.render import RenderedMail
 # Headers whose value is a list of URLs: folded between the entries only. The generic
 # folder would turn a long URL into RFC 2047 encoded words, which no client follows.
 _URL_LIST_HEADERS = frozenset({"list-unsubscribe"})
+_URL_LIST_SPLIT = re.compile(r"(?<=>)\s*,\s*")  # between <...> entries, not inside a URL
 _MAX_LINE = 998  # RFC 5322 2.1.1
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_WHITESPACE = re.compile(r"\s+")
+# Content types that may not be sent base64-encoded (RFC 2046 5.2.1): sent as plain files.
+_COMPOSITE = ("message/", "multipart/")
+# Python 3.11.10+ refuses to write a header that would inject another (CVE-2024-6923).
+_HEADER_WRITE_ERRORS: tuple[type[Exception], ...] = tuple(
+    error for error in (getattr(email.errors, "HeaderWriteError", None),) if error is not None
+)
 
 
 class _MailPolicy(EmailPolicy):
@@ -36,7 +55,7 @@ class _MailPolicy(EmailPolicy):
         return super().fold_binary(name, value)
 
     def _fold_url_list(self, name: str, value: str) -> str:
-        entries = [entry.strip() for entry in str(value).split(",")]
+        entries = [entry.strip() for entry in _URL_LIST_SPLIT.split(str(value))]
         return f"{name}: " + f",{self.linesep} ".join(entries) + self.linesep
 
 
@@ -64,7 +83,8 @@ def parse_sender(text: str, where: Location) -> Address:
 def attachment_part(path: Path, filename: str) -> tuple[MIMEPart, Attachment]:
     """Read and encode one file as a MIME attachment with its real content type."""
     content_type = mimetypes.guess_type(filename)[0] or mimetypes.guess_type(path.name)[0]
-    content_type = content_type or "application/octet-stream"
+    if content_type is None or content_type.startswith(_COMPOSITE):
+        content_type = "application/octet-stream"
     maintype, subtype = content_type.split("/", 1)
     data = path.read_bytes()
     part = MIMEPart(policy=POLICY)
@@ -74,6 +94,14 @@ def attachment_part(path: Path, filename: str) -> tuple[MIMEPart, Attachment]:
     return part, Attachment(filename=filename, content_type=content_type, size=len(data))
 
 
+def _renamed(part: MIMEPart, filename: str) -> MIMEPart:
+    """The same encoded file under another name (the payload is shared, not re-encoded)."""
+    renamed = copy.deepcopy(part)
+    del renamed["Content-Disposition"]
+    renamed.add_header("Content-Disposition", "attachment", filename=filename)
+    return renamed
+
+
 @dataclass(frozen=True)
 class MessageBuilder:
     """Builds OutgoingMails; what every mail shares is prepared once in `load`."""
@@ -81,7 +109,8 @@ class MessageBuilder:
     campaign: Campaign
     sender: Address
     reply_to: Address | None
-    shared: tuple[tuple[MIMEPart, Attachment], ...]  # attachments encoded once per campaign
+    # Attachments of a fixed file, read and encoded once per campaign, by attachment index.
+    shared: dict[int, tuple[MIMEPart, Attachment]]
 
     @classmethod
     def load(cls, campaign: Campaign) -> MessageBuilder:
@@ -92,23 +121,24 @@ class MessageBuilder:
             if campaign.reply_to
             else None
         )
-        shared = []
-        for spec in campaign.attachments:
+        shared = {}
+        for index, spec in enumerate(campaign.attachments):
             if spec.templated:
                 continue
             path = Path(spec.path)
             try:
-                shared.append(attachment_part(path, spec.filename or path.name))
+                shared[index] = attachment_part(path, spec.filename or path.name)
             except OSError as exc:
                 raise AttachmentError(f"{path}: {exc.strerror}", where=spec.where) from None
-        return cls(campaign, sender, reply_to, tuple(shared))
+        return cls(campaign, sender, reply_to, shared)
 
     def build(self, index: int, recipient: Recipient, rendered: RenderedMail) -> OutgoingMail:
         """The complete message for one recipient: headers, text + HTML, attachments."""
         smtputf8 = not (recipient.email + self.sender.addr_spec).isascii()
         msg = EmailMessage(policy=POLICY_UTF8 if smtputf8 else POLICY)
         msg["From"] = self.sender
-        msg["To"] = Address(display_name=recipient.name, addr_spec=recipient.email)
+        local, _, domain = recipient.email.rpartition("@")
+        msg["To"] = Address(display_name=recipient.name, username=local, domain=domain)
         if self.reply_to:
             msg["Reply-To"] = self.reply_to
         msg["Subject"] = rendered.subject
@@ -123,12 +153,17 @@ class MessageBuilder:
         msg["X-Bulkmail-Campaign"] = self.campaign.name
         for name, value in self.campaign.headers.items():
             msg[name] = value
+        self._check_headers(msg, recipient, rendered)
         # Quoted-printable keeps every line short and 7-bit, so relays without 8BITMIME
         # pass the bodies unchanged.
         msg.set_content(rendered.text, cte="quoted-printable")
         msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
         attachments = self._attach(msg, recipient, rendered.attachments)
-        data = msg.as_bytes()
+        try:
+            data = msg.as_bytes()
+        except _HEADER_WRITE_ERRORS as exc:
+            row = Location(self.campaign.recipients, recipient.line)
+            raise RecipientError(f"a value would add a header: {exc}", where=row) from None
         return OutgoingMail(
             index=index,
             recipient=recipient,
@@ -141,21 +176,57 @@ class MessageBuilder:
             smtputf8=smtputf8,
         )
 
+    def _check_headers(
+        self, msg: EmailMessage, recipient: Recipient, rendered: RenderedMail
+    ) -> None:
+        """Check that the subject says what was meant. The email package decodes RFC 2047
+        words in the values it is given, so ``=?utf-8?q?Bob=0D=0ABcc...?=`` in a CSV field
+        would otherwise come out as a line break and a header of its own. (Names are
+        checked for such words when the CSV is read.)"""
+        row = Location(self.campaign.recipients, recipient.line)
+        subject = str(msg["Subject"])
+        if _CONTROL.search(subject) or _folded(subject) != _folded(rendered.subject):
+            raise TemplateError(
+                f"renders to {rendered.subject!r}, which holds encoded words (=?...?=) that "
+                "decode to something else",
+                where=self.campaign.location("subject"),
+                row=row,
+            )
+
     def _attach(
-        self, msg: EmailMessage, recipient: Recipient, own: Iterable[tuple[Path, str]]
+        self,
+        msg: EmailMessage,
+        recipient: Recipient,
+        own: Iterable[tuple[int, Path, str]],
     ) -> tuple[Attachment, ...]:
-        parts = list(self.shared)
-        for path, filename in own:
-            try:
-                parts.append(attachment_part(path, filename))
-            except OSError as exc:
-                row = Location(self.campaign.recipients, recipient.line)
-                raise AttachmentError(f"{path}: {exc.strerror}", where=row) from None
+        per_row = {index: (path, filename) for index, path, filename in own}
+        parts = []
+        for index in range(len(self.campaign.attachments)):
+            if index in self.shared:
+                part, info = self.shared[index]
+                if index in per_row:  # a fixed file, named per recipient
+                    filename = per_row[index][1]
+                    part, info = (
+                        _renamed(part, filename),
+                        dataclasses.replace(info, filename=filename),
+                    )
+                parts.append((part, info))
+            elif index in per_row:
+                path, filename = per_row[index]
+                try:
+                    parts.append(attachment_part(path, filename))
+                except OSError as exc:
+                    row = Location(self.campaign.recipients, recipient.line)
+                    raise AttachmentError(f"{path}: {exc.strerror}", where=row) from None
         if parts:
             msg.make_mixed()
             for part, _ in parts:
                 msg.attach(part)  # shared parts are the same objects for every mail
         return tuple(info for _, info in parts)
+
+
+def _folded(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
 
 
 def _unsubscribe_header(rendered: RenderedMail) -> str | None:

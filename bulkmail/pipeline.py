@@ -105,7 +105,7 @@ def build_mails(
     """Render and build every recipient's mail in order, noting problems and skipped rows."""
     renderer = Renderer.load(campaign)
     builder = MessageBuilder.load(campaign)
-    report.attachments = tuple(info for _, info in builder.shared)
+    report.attachments = tuple(info for _, info in builder.shared.values())
     suppressed = load_suppressed(campaign.suppress) if campaign.suppress else frozenset()
     total = count_rows(campaign.recipients)
     if limit is not None and total is not None:

@@ -64,6 +64,11 @@ class PreviewTransport:
         self._index: IO[str] | None = None
 
     def open(self) -> None:
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(
+                "is a file, not a folder: choose another preview.out or --out",
+                where=Location(self.out),
+            )
         if self.out.exists() and not (self.out / MARKER).exists() and any(self.out.iterdir()):
             raise ConfigError(
                 "this folder exists and holds files that are not a bulkmail preview; "

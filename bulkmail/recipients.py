@@ -18,6 +18,7 @@ from bulkmail.models import Recipient, address_key
 # (header injection), and the other C0/C1 controls.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NOT_WORD = re.compile(r"\W+")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,14 @@ def _recipient(path: Path, line: int, row: dict[str, str]) -> Recipient:
     if _CONTROL.search(name):
         raise RecipientError(
             f"{name!r}: a name may not contain line breaks or control characters",
+            where=Location(path, line, "name"),
+        )
+    if _ENCODED_WORD.search(name):
+        # The email package decodes such words when it writes the header, so
+        # "=?utf-8?q?Bob=0D=0ABcc...?=" would come out as a line break and a header.
+        raise RecipientError(
+            f"{name!r}: a name may not contain MIME encoded words (=?...?=); write it as "
+            "plain text",
             where=Location(path, line, "name"),
         )
     fields = dict(row)

@@ -15,11 +15,12 @@ import jinja2.meta
 from bulkmail.errors import AttachmentError, Location, TemplateError, display_path
 from bulkmail.inline import Inliner, PremailerInliner
 from bulkmail.models import Campaign, Recipient
+from bulkmail.skeleton import MARKERS, SkeletonInliner, Slotted, finalize
 from bulkmail.textpart import html_to_text
 
-_TEXT_SUFFIXES = (".txt", ".text")
 _LINE_BREAK = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
-_UNSAFE_IN_HEADER = re.compile(r"[\x00-\x20\x7f<>]")
+# What a URL in List-Unsubscribe may hold: printable ASCII, no spaces, no angle brackets.
+_UNSAFE_IN_HEADER = re.compile(r"[^\x21-\x7e]|[<>]")
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,9 @@ class RenderedMail:
     text: str
     unsubscribe_url: str | None
     unsubscribe_mailto: str | None
-    attachments: tuple[tuple[Path, str], ...]  # per-recipient files: (path, filename)
-
-
-def _autoescape(name: str | None) -> bool:
-    # HTML templates and everything they include are escaped; a .txt template is not, and
-    # neither are the one-line templates (subject, URLs, file names) rendered from strings.
-    return name is not None and not name.endswith(_TEXT_SUFFIXES)
+    # Attachments that differ per recipient, by index in campaign.attachments:
+    # (index, path, filename) for a templated path or file name.
+    attachments: tuple[tuple[int, Path, str], ...]
 
 
 def _template_line(tb: TracebackType | None, files: set[str]) -> tuple[str, int] | None:
@@ -51,63 +48,90 @@ def _template_line(tb: TracebackType | None, files: set[str]) -> tuple[str, int]
     return found
 
 
+def _environment(folders: list[Path], *, html: bool, marked: bool = False) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folders),
+        undefined=jinja2.StrictUndefined,
+        autoescape=html,
+        finalize=finalize if marked else None,
+        keep_trailing_newline=True,
+        auto_reload=False,
+    )
+
+
 class Renderer:
     """Renders a campaign's templates for one recipient at a time.
 
-    One Jinja environment per campaign, with StrictUndefined (a missing variable is an
-    error, never an empty string) and autoescaping of HTML (CSV data can't add markup).
-    Compiling happens in `load`; `render` only renders.
+    Jinja with StrictUndefined (a missing variable is an error, never an empty string).
+    The HTML template and what it includes are autoescaped (CSV data can't add markup);
+    the text template, the subject, URLs and file names are not. Compiling happens in
+    `load`; `render` only renders. CSS is inlined through a `SkeletonInliner`, which does
+    premailer's work once per document structure (see bulkmail.skeleton).
     """
 
     def __init__(
         self,
         campaign: Campaign,
-        env: jinja2.Environment,
         templates: Mapping[str, jinja2.Template],
         inliner: Inliner,
+        skeletons: SkeletonInliner | None,
     ) -> None:
         self.campaign = campaign
-        self.env = env
         self._t = templates
         self._inliner = inliner
+        self.skeletons = skeletons
         self._files = {
             t.filename for key, t in templates.items() if key.startswith("file:") and t.filename
         }
 
     @classmethod
-    def load(cls, campaign: Campaign, *, inliner: Inliner | None = None) -> Renderer:
-        """Compile every template of the campaign; raise TemplateError with file and line."""
+    def load(
+        cls, campaign: Campaign, *, inliner: Inliner | None = None, fast: bool = True
+    ) -> Renderer:
+        """Compile every template of the campaign; raise TemplateError with file and line.
+
+        ``fast=False`` inlines every recipient's HTML whole (the reference the fast path is
+        tested against).
+        """
         folders = [campaign.template.parent]
         if campaign.text_template and campaign.text_template.parent not in folders:
             folders.append(campaign.text_template.parent)
-        env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(folders),
-            undefined=jinja2.StrictUndefined,
-            autoescape=_autoescape,
-            keep_trailing_newline=True,
-            auto_reload=False,
-        )
+        html_env = _environment(folders, html=True)
+        text_env = _environment(folders, html=False)
         templates: dict[str, jinja2.Template] = {}
-        templates["html"] = _compile_file(env, campaign.template, folders, templates)
+        templates["html"] = _compile_file(html_env, campaign.template, folders, templates)
         if campaign.text_template:
-            templates["text"] = _compile_file(env, campaign.text_template, folders, templates)
-        templates["subject"] = _compile_string(env, campaign.subject, campaign.location("subject"))
+            templates["text"] = _compile_file(text_env, campaign.text_template, folders, templates)
+
+        def one_line(key: str, source: str, where: Location) -> None:
+            templates[key] = _compile_string(text_env, source, where)
+
+        one_line("subject", campaign.subject, campaign.location("subject"))
         if campaign.unsubscribe and campaign.unsubscribe.url:
-            where = campaign.location("unsubscribe")
-            templates["unsubscribe_url"] = _compile_string(env, campaign.unsubscribe.url, where)
+            one_line("unsubscribe_url", campaign.unsubscribe.url, campaign.location("unsubscribe"))
         if campaign.unsubscribe and campaign.unsubscribe.mailto:
-            where = campaign.location("unsubscribe")
-            templates["unsubscribe_mailto"] = _compile_string(
-                env, campaign.unsubscribe.mailto, where
+            one_line(
+                "unsubscribe_mailto", campaign.unsubscribe.mailto, campaign.location("unsubscribe")
             )
         for index, spec in enumerate(campaign.attachments):
             if spec.templated:
-                templates[f"attachment{index}"] = _compile_string(env, spec.path, spec.where)
+                one_line(f"attachment{index}", spec.path, spec.where)
             if spec.filename:
-                templates[f"filename{index}"] = _compile_string(env, spec.filename, spec.where)
+                one_line(f"filename{index}", spec.filename, spec.where)
         if inliner is None:
             inliner = PremailerInliner(base_url=campaign.base_url)
-        return cls(campaign, env, templates, inliner)
+        skeletons = None
+        sources = [
+            Path(t.filename).read_text("utf-8")
+            for key, t in templates.items()
+            if key.startswith("file:") and t.filename
+        ]
+        if fast and all(MARKERS.isdisjoint(source) for source in sources):
+            marked_env = _environment(folders, html=True, marked=True)
+            templates["html_marked"] = _compile_file(marked_env, campaign.template, folders, {})
+            to_text = html_to_text if "text" not in templates else _no_text
+            skeletons = SkeletonInliner(inliner, to_text, base_url=campaign.base_url)
+        return cls(campaign, templates, inliner, skeletons)
 
     @property
     def template_files(self) -> list[Path]:
@@ -139,16 +163,25 @@ class Renderer:
         if unsubscribe_url is not None:
             context["unsubscribe_url"] = unsubscribe_url
         subject = self._one_line("subject", context, row, "subject") or ""
-        html = self._render("html", context, row)
-        text = self._render("text", context, row) if "text" in self._t else html_to_text(html)
+        html, text = self._html_and_text(context, row)
+        if "text" in self._t:
+            text = self._render("text", context, row)
         return RenderedMail(
             subject=subject,
-            html=self._inliner(html),
+            html=html,
             text=text,
             unsubscribe_url=unsubscribe_url,
             unsubscribe_mailto=unsubscribe_mailto,
             attachments=self._attachments(context, row),
         )
+
+    def _html_and_text(self, context: dict[str, Any], row: Location) -> tuple[str, str]:
+        """The inlined HTML and the text made from it (unless a text template is used)."""
+        if self.skeletons is not None:
+            marked = self._render("html_marked", context, row)
+            return self.skeletons(Slotted.split(marked))
+        html = self._inliner(self._render("html", context, row))
+        return html, html_to_text(html) if "text" not in self._t else ""
 
     def _line(self, key: str) -> int | None:
         return self.campaign.location(key).line
@@ -192,19 +225,23 @@ class Renderer:
             message = f"{type(exc).__name__}: {message}"
         return TemplateError(message, where=where, row=row)
 
-    def _attachments(self, context: dict[str, Any], row: Location) -> tuple[tuple[Path, str], ...]:
+    def _attachments(
+        self, context: dict[str, Any], row: Location
+    ) -> tuple[tuple[int, Path, str], ...]:
         files = []
         for index, spec in enumerate(self.campaign.attachments):
-            if not spec.templated:
+            if spec.templated:
+                raw = self._one_line(f"attachment{index}", context, row, "attachments") or ""
+                path = Path(raw)
+                if not path.is_file():
+                    raise AttachmentError(
+                        f"{display_path(path)}: no such file", where=spec.where, row=row
+                    )
+            elif spec.filename and _is_template(spec.filename):
+                path = Path(spec.path)  # the same file for all, named per recipient
+            else:
                 continue
-            raw = self._one_line(f"attachment{index}", context, row, "attachments") or ""
-            path = Path(raw)
-            if not path.is_file():
-                raise AttachmentError(
-                    f"{display_path(path)}: no such file", where=spec.where, row=row
-                )
-            filename = self.filename(index, context, row) or path.name
-            files.append((path, filename))
+            files.append((index, path, self.filename(index, context, row) or path.name))
         return tuple(files)
 
     def filename(self, index: int, context: dict[str, Any], row: Location) -> str | None:
@@ -254,3 +291,11 @@ def _compile_string(env: jinja2.Environment, source: str, where: Location) -> ji
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"syntax error: {exc.message}", where=where) from None
+
+
+def _no_text(html: str) -> str:
+    return ""  # the campaign has a text template: no text is made from the HTML
+
+
+def _is_template(text: str) -> bool:
+    return "{{" in text or "{%" in text

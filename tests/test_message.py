@@ -300,11 +300,6 @@ def test_attachments_have_real_types_and_exact_bytes(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    reason="message.py attachment_part base64-encodes a .eml as message/rfc822, which "
-    "RFC 2046 5.2.1 forbids; parsers then lose the file's bytes",
-    strict=True,
-)
 def test_attached_eml_file_arrives_intact(tmp_path: Path) -> None:
     campaign = CampaignDir(tmp_path)
     forwarded = b"From: a@example.com\r\nSubject: old news\r\n\r\nHello\r\n"
@@ -473,11 +468,6 @@ def test_no_unsubscribe_means_no_list_headers(tmp_path: Path) -> None:
     assert msg["List-Unsubscribe-Post"] is None
 
 
-@pytest.mark.xfail(
-    reason="message.py _fold_url_list splits the header value on every ',' so a comma "
-    "inside a URL becomes a fold point and the URL gains a space",
-    strict=True,
-)
 def test_list_unsubscribe_url_with_a_comma_is_not_split(tmp_path: Path) -> None:
     campaign = CampaignDir(tmp_path)
     campaign.write(unsubscribe={"url": "https://example.com/u?lists=news,offers&e={{ email }}"})
@@ -489,11 +479,6 @@ def test_list_unsubscribe_url_with_a_comma_is_not_split(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    reason="render.py _UNSAFE_IN_HEADER lets non-ASCII through, then message.py "
-    "_MailPolicy.fold_binary raises UnicodeEncodeError: the preflight crashes",
-    strict=True,
-)
 def test_non_ascii_unsubscribe_url_is_a_preflight_problem_naming_the_row(tmp_path: Path) -> None:
     campaign = CampaignDir(tmp_path)
     campaign.write(unsubscribe={"url": "https://example.com/u/{{ city }}"})
@@ -554,11 +539,6 @@ def test_header_injection_through_attachment_filename_is_rejected(tmp_path: Path
     assert "campaigns/list.csv:2" in problems[0]
 
 
-@pytest.mark.xfail(
-    reason="render.py _attachments renders 'filename' only when 'path' is templated, and "
-    "message.py MessageBuilder.load uses the raw template text as the shared file's name",
-    strict=True,
-)
 def test_templated_filename_of_a_shared_file_is_rendered(tmp_path: Path) -> None:
     campaign = CampaignDir(tmp_path)
     campaign.file("files/report.pdf", PDF)
@@ -580,11 +560,6 @@ def built_or_refused(campaign_dir: CampaignDir) -> tuple[list[EmailMessage], lis
     return [parse(mail.data) for mail in build_all(campaign_dir)], []
 
 
-@pytest.mark.xfail(
-    reason="message.py hands CSV text to the email package, which decodes RFC 2047 "
-    "encoded words in it; an encoded CRLF then reaches the raw header (Python 3.11.7)",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "field",
     ["name", "first_name"],
@@ -620,11 +595,6 @@ def test_international_domain_is_sent_in_ascii_form(tmp_path: Path) -> None:
     assert parse(mail.data)["To"].addresses[0].addr_spec == "yuki@xn--r8jz45g.jp"
 
 
-@pytest.mark.xfail(
-    reason="message.py builds Address(addr_spec=...), which raises NonASCIILocalPartDefect "
-    "for a non-ASCII local part: the preflight crashes",
-    strict=True,
-)
 def test_non_ascii_local_part_sets_smtputf8(tmp_path: Path) -> None:
     campaign = CampaignDir(tmp_path)
     campaign.csv([CSV_ROWS[0], {**CSV_ROWS[2], "email": "小明@example.cn"}])

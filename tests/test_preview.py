@@ -237,11 +237,6 @@ def test_an_empty_existing_folder_is_used(tmp_path: Path) -> None:
     assert (tmp_path / "previews" / MARKER).is_file()
 
 
-@pytest.mark.xfail(
-    reason="preview.py PreviewTransport.open calls out.iterdir() on a file, so a file in "
-    "the way raises NotADirectoryError instead of a ConfigError",
-    strict=True,
-)
 def test_refuses_a_preview_path_that_is_a_file(tmp_path: Path) -> None:
     campaign = CampaignDir(tmp_path)
     campaign.write()

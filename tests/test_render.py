@@ -277,11 +277,6 @@ def test_links_are_left_alone_without_base_url(tmp_path: Path) -> None:
     assert element(html, "logo").get("src") == "img/logo.png"
 
 
-@pytest.mark.xfail(
-    reason="premailer's preserve_internal_links defaults to False, so with base_url an "
-    "in-mail anchor (#articles) becomes a link to the web page (bulkmail/inline.py)",
-    strict=True,
-)
 def test_in_page_anchor_links_stay_in_page_with_base_url(tmp_path: Path) -> None:
     campaign = CampaignDir(tmp_path)
     campaign.template("issue.html", LINKS)
@@ -292,11 +287,6 @@ def test_in_page_anchor_links_stay_in_page_with_base_url(tmp_path: Path) -> None
     assert element(html, "top").get("href") == "#articles"
 
 
-@pytest.mark.xfail(
-    reason="premailer drops the template's <!doctype html>, so clients render the mail "
-    "in quirks mode (bulkmail/inline.py)",
-    strict=True,
-)
 def test_doctype_survives_css_inlining(tmp_path: Path) -> None:
     campaign = CampaignDir(tmp_path)
     campaign.write()
@@ -324,11 +314,6 @@ def test_text_part_derived_from_html_keeps_link_urls(tmp_path: Path) -> None:
     assert "color" not in alice.text  # the <style> block is not text
 
 
-@pytest.mark.xfail(
-    reason="render.py derives the text part from the HTML before the inliner resolves "
-    "links against base_url, so the text part keeps relative URLs",
-    strict=True,
-)
 def test_text_part_links_are_absolute_with_base_url(tmp_path: Path) -> None:
     campaign = CampaignDir(tmp_path)
     campaign.template("issue.html", LINKS)
@@ -345,14 +330,7 @@ def test_text_part_links_are_absolute_with_base_url(tmp_path: Path) -> None:
     [
         "issue.txt",
         "issue.text",
-        pytest.param(
-            "issue.txt.j2",
-            marks=pytest.mark.xfail(
-                reason="render.py _autoescape decides by file suffix, so a text_template "
-                "not ending in .txt/.text is HTML-escaped",
-                strict=True,
-            ),
-        ),
+        "issue.txt.j2",
     ],
 )
 def test_text_template_is_used_and_not_autoescaped(tmp_path: Path, name: str) -> None:
