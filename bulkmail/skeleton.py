@@ -32,6 +32,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from lxml import etree
 from markupsafe import Markup
@@ -45,6 +46,7 @@ _MARKED = re.compile(f"{OPEN}(.*?){CLOSE}", re.DOTALL)
 # Characters a parser may drop or normalise, so that a value holding them could serialise
 # differently in the real document than on its own.
 _RISKY = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufdd0-\ufdef\ufffe\uffff]")
+COMMENT = "<!--"
 _RAW_TEXT = frozenset({"style", "script", "title", "textarea", "xmp", "iframe", "noscript"})
 # Attributes premailer reads or writes besides the style-related ones.
 _PRESENTATIONAL = frozenset(
@@ -93,8 +95,8 @@ class Slotted:
 class _Place:
     """Where a token ended up in premailer's output."""
 
-    attribute: str | None  # None: in text
-    tag: str
+    attribute: str | None  # None: in text (or a comment)
+    tag: str  # the element, or COMMENT
 
 
 @dataclass
@@ -119,12 +121,20 @@ class Stats:
     checked: int = 0
 
 
+_Key = tuple[tuple[str, ...], tuple[str, ...]]
+
+
 class SkeletonInliner:
     """Inlines a `Slotted` document through a cache of inlined skeletons.
 
+    A value that lands where premailer looks (a ``class``, a ``<style>`` block, a link
+    rewritten against the base URL...) is kept in the skeleton as it is: the cache key is
+    the literal text plus those values, so ``class="{{ 'vip' if member }}"`` costs one
+    premailer run per distinct class, not one per recipient.
+
     ``inline`` is the real inliner (premailer, configured); ``to_text`` makes the text
     part from inlined HTML. ``check`` is how many uses of each new skeleton are compared
-    with ``inline`` on the real document; ``max_entries`` bounds the cache.
+    with ``inline`` on the real document; ``max_entries`` bounds each cache.
     """
 
     def __init__(
@@ -141,21 +151,27 @@ class SkeletonInliner:
         self._base_url = base_url
         self._check = check
         self._max = max_entries
-        self._cache: OrderedDict[tuple[str, ...], _Entry] = OrderedDict()
+        # literal parts -> the slots whose values must stay in the skeleton (None: unusable)
+        self._layouts: OrderedDict[tuple[str, ...], tuple[int, ...] | None] = OrderedDict()
+        self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
         self._nonce = secrets.token_hex(4)
+        self._pattern = re.compile(f"bm{self._nonce}s(\\d+)e")
         self.stats = Stats()
 
     def __call__(self, doc: Slotted) -> tuple[str, str]:
         """The inlined HTML and the text part of one recipient's document."""
-        entry = self._entry(doc)
+        fixed = self._layout(doc)
+        if fixed is None:
+            return self._slow(doc)
+        entry = self._entry(doc, fixed)
         values = doc.values
         if entry.pieces is None or not self._values_fit(entry, values):
             return self._slow(doc)
-        html = _join(
-            entry.pieces,
-            entry.order,
-            [self._serialise(entry.places[i], v) for i, v in enumerate(values)],
-        )
+        places = entry.places  # the kept values are part of the pieces: "" for their slots
+        written = [
+            self._serialise(places[i], v) if i in places else "" for i, v in enumerate(values)
+        ]
+        html = _join(entry.pieces, entry.order, written)
         if entry.checks_left > 0:
             entry.checks_left -= 1
             self.stats.checked += 1
@@ -165,99 +181,141 @@ class SkeletonInliner:
                 self.stats.unusable += 1
                 self.stats.slow += 1
                 return expected, self._to_text(expected)
-        text = self._text(entry, values)
-        return html, text
+        return html, self._text(entry, values)
 
-    # --- the cache ---------------------------------------------------------------------
+    # --- the caches --------------------------------------------------------------------
 
-    def _entry(self, doc: Slotted) -> _Entry:
-        entry = self._cache.get(doc.literals)
+    def _layout(self, doc: Slotted) -> tuple[int, ...] | None:
+        if doc.literals in self._layouts:
+            self._layouts.move_to_end(doc.literals)
+            return self._layouts[doc.literals]
+        layout = self._find_layout(doc)
+        _put(self._layouts, doc.literals, layout, self._max)
+        return layout
+
+    def _find_layout(self, doc: Slotted) -> tuple[int, ...] | None:
+        """The slots whose values must stay in the skeleton, or None if none can be cut."""
+        skeleton = self._skeleton(doc, ())
+        structural = self._structural(skeleton)
+        if structural is None:
+            return None
+        found = self._places(skeleton, structural)
+        if found is None:
+            return None
+        return tuple(sorted(found[1]))
+
+    def _entry(self, doc: Slotted, fixed: tuple[int, ...]) -> _Entry:
+        key = (doc.literals, tuple(doc.values[i] for i in fixed))
+        entry = self._entries.get(key)
         if entry is not None:
-            self._cache.move_to_end(doc.literals)
+            self._entries.move_to_end(key)
             self.stats.hits += 1
             return entry
         self.stats.misses += 1
-        entry = self._analyse(doc)
+        entry = self._analyse(doc, fixed)
         if entry.pieces is None:
             self.stats.unusable += 1
-        self._cache[doc.literals] = entry
-        if len(self._cache) > self._max:
-            self._cache.popitem(last=False)
+        _put(self._entries, key, entry, self._max)
         return entry
 
     def _token(self, index: int) -> str:
         # Letters and digits only: no parser, serialiser or URI escaper changes them.
         return f"bm{self._nonce}s{index}e"
 
-    def _analyse(self, doc: Slotted) -> _Entry:
-        tokens = [self._token(i) for i in range(len(doc.values))]
-        skeleton = _join(doc.literals, tuple(range(len(tokens))), tokens)
+    def _skeleton(self, doc: Slotted, fixed: tuple[int, ...]) -> str:
+        slots = [v if i in fixed else self._token(i) for i, v in enumerate(doc.values)]
+        return _join(doc.literals, tuple(range(len(slots))), slots)
+
+    def _structural(self, skeleton: str) -> frozenset[str] | None:
+        """The attributes premailer's rules read, or None if its CSS reads text."""
         css = " ".join(_STYLE_BLOCK.findall(skeleton))
         if _TEXT_SELECTORS.search(css):
-            return _Entry(None)
-        structural = _ALWAYS_STRUCTURAL | _PRESENTATIONAL
-        structural |= {name.lower() for name in _ATTR_SELECTOR.findall(css)}
-        places = self._places(skeleton, tokens, structural)
-        if places is None:
-            return _Entry(None)
+            return None
+        names = {name.lower() for name in _ATTR_SELECTOR.findall(css)}
+        return _ALWAYS_STRUCTURAL | _PRESENTATIONAL | names
+
+    def _analyse(self, doc: Slotted, fixed: tuple[int, ...]) -> _Entry:
+        skeleton = self._skeleton(doc, fixed)
+        structural = self._structural(skeleton)
+        found = self._places(skeleton, structural) if structural is not None else None
+        if found is None or found[1]:
+            return _Entry(None)  # the kept values changed what is safe: no fast path
+        places = found[0]
         out = self._inline(skeleton)
-        pattern = re.compile(f"bm{self._nonce}s(\\d+)e")
-        cut = pattern.split(out)
+        cut = self._pattern.split(out)
         pieces, order = tuple(cut[0::2]), tuple(int(n) for n in cut[1::2])
-        if sorted(order) != list(range(len(tokens))):
+        if sorted(order) != sorted(places):
             return _Entry(None)  # a token was dropped or repeated
         return _Entry(pieces, order, places, checks_left=self._check)
 
     def _places(
-        self, skeleton: str, tokens: list[str], structural: set[str] | frozenset[str]
-    ) -> dict[int, _Place] | None:
-        """Where each token stands in the parsed skeleton, or None if anywhere unsafe."""
+        self, skeleton: str, structural: frozenset[str]
+    ) -> tuple[dict[int, _Place], set[int]] | None:
+        """Where each token stands in the parsed skeleton: the safe places, and the slots
+        that are not safe to cut out. None if the skeleton can't be parsed."""
         root = etree.fromstring(skeleton, etree.HTMLParser())
         if root is None:
             return None
-        index = {token: n for n, token in enumerate(tokens)}
-        pattern = re.compile(f"bm{self._nonce}s(\\d+)e")
         places: dict[int, _Place] = {}
+        unsafe: set[int] = set()
+
+        def slots(text: str) -> list[int]:
+            return [int(n) for n in self._pattern.findall(text)]
+
         for node in root.iter():
-            if not isinstance(node.tag, str):  # a comment or processing instruction
-                if pattern.search(etree.tostring(node, encoding="unicode")):
-                    return None
+            if not isinstance(node.tag, str):
+                # A comment is written back as it was read; anything else is unusual.
+                is_comment = node.tag is etree.Comment
+                for n in slots(etree.tostring(node, encoding="unicode")):
+                    if is_comment:
+                        places[n] = _Place(None, COMMENT)
+                    else:
+                        unsafe.add(n)
+                for n in slots(node.tail or ""):
+                    places[n] = _Place(None, _parent_tag(node))
                 continue
             tag = node.tag.lower()
-            if pattern.search(tag):
-                return None
-            for text, parent in ((node.text, tag), (node.tail, None)):
-                if text and pattern.search(text):
-                    owner = parent if parent is not None else _parent_tag(node)
-                    if owner in _RAW_TEXT:
-                        return None
-                    for n in pattern.findall(text):
-                        places[int(n)] = _Place(None, owner)
+            unsafe.update(slots(tag))
+            for text, owner in ((node.text, tag), (node.tail, _parent_tag(node))):
+                if text:
+                    for n in slots(text):
+                        if owner in _RAW_TEXT:
+                            unsafe.add(n)
+                        else:
+                            places[n] = _Place(None, owner)
             for name, value in node.attrib.items():
                 name = name.lower()
-                found = pattern.findall(value)
-                if pattern.search(name):
-                    return None
+                unsafe.update(slots(name))
+                found = slots(value)
                 if not found:
                     continue
                 if name in structural or name.startswith("on"):
-                    return None
+                    unsafe.update(found)
+                    continue
                 if name in ("href", "src") and self._base_url:
-                    prefix = value[: value.index(self._token(int(found[0])))]
+                    # premailer joins the link to the base URL unless it is absolute, so
+                    # whatever decides that (the start of the link) must stay.
+                    prefix = value[: value.index(self._token(found[0]))]
                     if not _ABSOLUTE.match(prefix):
-                        return None
+                        unsafe.add(found.pop(0))
                 for n in found:
-                    places[int(n)] = _Place(name, tag)
-        if len(places) != len(index):
-            return None
-        return places
+                    places[n] = _Place(name, tag)
+        for n in unsafe:
+            places.pop(n, None)
+        missing = set(slots(skeleton)) - places.keys() - unsafe
+        unsafe |= missing  # dropped by the parser: keep its value in the skeleton
+        return places, unsafe
 
     # --- per recipient -----------------------------------------------------------------
 
     def _values_fit(self, entry: _Entry, values: tuple[str, ...]) -> bool:
         for i, value in enumerate(values):
+            if i not in entry.places:
+                continue  # kept in the skeleton as it is
             if _RISKY.search(value) or "\r" in value:
                 return False
+            if entry.places[i].tag == COMMENT and "-" in value:
+                return False  # "--" could end or upset the comment
             if entry.places[i].attribute is not None and (
                 value != value.strip()
                 or "&#34;" in value
@@ -272,6 +330,8 @@ class SkeletonInliner:
     @functools.lru_cache(maxsize=4096)
     def _serialise(place: _Place, value: str) -> str:
         """How lxml writes ``value`` (as escaped in the document) in such a place."""
+        if place.tag == COMMENT:
+            return value
         if place.attribute is None:
             html = f"<html><body><p>{value}</p></body></html>"
             out = _tostring(html)
@@ -293,11 +353,19 @@ class SkeletonInliner:
             assert entry.pieces is not None
             tokens = [self._token(i) for i in range(len(values))]
             text = self._to_text(_join(entry.pieces, entry.order, tokens))
-            cut = re.compile(f"bm{self._nonce}s(\\d+)e").split(text)
+            cut = self._pattern.split(text)
             entry.text = (tuple(cut[0::2]), tuple(int(n) for n in cut[1::2]))
         pieces, order = entry.text
-        plain = [_plain(v, entry.places[i]) for i, v in enumerate(values)]
+        plain = [
+            _plain(v, entry.places[i]) if i in entry.places else "" for i, v in enumerate(values)
+        ]
         return _join(pieces, order, plain)
+
+
+def _put(cache: OrderedDict[Any, Any], key: object, value: object, limit: int) -> None:
+    cache[key] = value
+    if len(cache) > limit:
+        cache.popitem(last=False)
 
 
 def _tostring(html: str) -> str:
