@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import email.errors
+import binascii
 import mimetypes
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.headerregistry import Address
-from email.message import EmailMessage, MIMEPart
+from email.message import MIMEPart
 from email.policy import EmailPolicy
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -35,10 +34,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _WHITESPACE = re.compile(r"\s+")
 # Content types that may not be sent base64-encoded (RFC 2046 5.2.1): sent as plain files.
 _COMPOSITE = ("message/", "multipart/")
-# Python 3.11.10+ refuses to write a header that would inject another (CVE-2024-6923).
-_HEADER_WRITE_ERRORS: tuple[type[Exception], ...] = tuple(
-    error for error in (getattr(email.errors, "HeaderWriteError", None),) if error is not None
-)
+_BARE_BREAK = re.compile(rb"\n(?![ \t])|\r(?!\n)")  # a line break that is not folding
 
 
 class _MailPolicy(EmailPolicy):
@@ -80,8 +76,12 @@ def parse_sender(text: str, where: Location) -> Address:
     return Address(display_name=address.display_name, addr_spec=normal)
 
 
-def attachment_part(path: Path, filename: str) -> tuple[MIMEPart, Attachment]:
-    """Read and encode one file as a MIME attachment with its real content type."""
+def attachment_part(path: Path, filename: str) -> tuple[bytes, Attachment]:
+    """Read one file and serialise it as a MIME attachment part with its real content type.
+
+    The email package encodes it (base64; a non-ASCII name per RFC 2231); the bytes are
+    spliced into every mail that carries the file.
+    """
     content_type = mimetypes.guess_type(filename)[0] or mimetypes.guess_type(path.name)[0]
     if content_type is None or content_type.startswith(_COMPOSITE):
         content_type = "application/octet-stream"
@@ -91,36 +91,62 @@ def attachment_part(path: Path, filename: str) -> tuple[MIMEPart, Attachment]:
     part.set_content(
         data, maintype=maintype, subtype=subtype, disposition="attachment", filename=filename
     )
-    return part, Attachment(filename=filename, content_type=content_type, size=len(data))
+    del part["MIME-Version"]
+    info = Attachment(filename=filename, content_type=content_type, size=len(data))
+    return part.as_bytes(policy=POLICY), info
 
 
-def _renamed(part: MIMEPart, filename: str) -> MIMEPart:
-    """The same encoded file under another name (the payload is shared, not re-encoded)."""
-    renamed = copy.deepcopy(part)
-    del renamed["Content-Disposition"]
-    renamed.add_header("Content-Disposition", "attachment", filename=filename)
-    return renamed
+def _quoted_printable(text: str) -> bytes:
+    """A text body as quoted-printable with CRLF lines: 7-bit, no line over 76 octets, so
+    relays without 8BITMIME pass it unchanged."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n")
+    encoded = binascii.b2a_qp(lines.encode("utf-8"), quotetabs=False, istext=True)
+    return encoded.replace(b"\n", b"\r\n")
+
+
+def _body_part(subtype: str, text: str) -> bytes:
+    return (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    ).encode("ascii") + _quoted_printable(text)
+
+
+def _multipart(subtype: str, boundary: bytes, parts: Iterable[bytes]) -> bytes:
+    """A multipart body. The boundary starts with "=_", which neither quoted-printable
+    nor base64 can produce, so no part can contain it."""
+    out = [b'Content-Type: multipart/%s; boundary="%s"\r\n\r\n' % (subtype.encode(), boundary)]
+    for part in parts:
+        # The CRLF before a delimiter belongs to the delimiter (RFC 2046 5.1.1), so a
+        # body's own last line break survives.
+        out += (b"--", boundary, b"\r\n", part, b"\r\n")
+    out += (b"--", boundary, b"--\r\n")
+    return b"".join(out)
 
 
 @dataclass(frozen=True)
 class MessageBuilder:
-    """Builds OutgoingMails; what every mail shares is prepared once in `load`."""
+    """Builds OutgoingMails. Everything every mail shares is prepared once in `load`: the
+    sender's headers, the attachments' encoded parts; per mail only the recipient's
+    headers and the two bodies are encoded, and the parts are spliced together."""
 
     campaign: Campaign
     sender: Address
-    reply_to: Address | None
+    static_headers: bytes  # From, Reply-To, X-Bulkmail-Campaign, custom headers
     # Attachments of a fixed file, read and encoded once per campaign, by attachment index.
-    shared: dict[int, tuple[MIMEPart, Attachment]]
+    shared: dict[int, tuple[bytes, Attachment]]
+    boundary: bytes
 
     @classmethod
     def load(cls, campaign: Campaign) -> MessageBuilder:
         """Check the sender and read and encode the attachments every mail shares."""
         sender = parse_sender(campaign.sender, campaign.location("from"))
-        reply_to = (
-            parse_sender(campaign.reply_to, campaign.location("reply_to"))
-            if campaign.reply_to
-            else None
-        )
+        headers: list[tuple[str, object]] = [("From", sender)]
+        if campaign.reply_to:
+            reply_to = parse_sender(campaign.reply_to, campaign.location("reply_to"))
+            headers.append(("Reply-To", reply_to))
+        headers.append(("X-Bulkmail-Campaign", campaign.name))
+        headers.extend(campaign.headers.items())
+        static = b"".join(_fold(POLICY, name, value) for name, value in headers)
         shared = {}
         for index, spec in enumerate(campaign.attachments):
             if spec.templated:
@@ -130,40 +156,36 @@ class MessageBuilder:
                 shared[index] = attachment_part(path, spec.filename or path.name)
             except OSError as exc:
                 raise AttachmentError(f"{path}: {exc.strerror}", where=spec.where) from None
-        return cls(campaign, sender, reply_to, shared)
+        boundary = f"=_bulkmail_{secrets.token_hex(12)}".encode("ascii")
+        return cls(campaign, sender, static, shared, boundary)
 
     def build(self, index: int, recipient: Recipient, rendered: RenderedMail) -> OutgoingMail:
         """The complete message for one recipient: headers, text + HTML, attachments."""
         smtputf8 = not (recipient.email + self.sender.addr_spec).isascii()
-        msg = EmailMessage(policy=POLICY_UTF8 if smtputf8 else POLICY)
-        msg["From"] = self.sender
+        policy = POLICY_UTF8 if smtputf8 else POLICY
+        row = Location(self.campaign.recipients, recipient.line)
         local, _, domain = recipient.email.rpartition("@")
-        msg["To"] = Address(display_name=recipient.name, username=local, domain=domain)
-        if self.reply_to:
-            msg["Reply-To"] = self.reply_to
-        msg["Subject"] = rendered.subject
-        msg["Date"] = formatdate(localtime=True)
+        to = Address(display_name=recipient.name, username=local, domain=domain)
         message_id = make_msgid(domain=self.sender.domain)
-        msg["Message-ID"] = message_id
+        headers = [_fold(policy, "To", to, row)]
+        headers.append(self._subject(policy, rendered.subject, row))
+        headers.append(b"Date: %s\r\n" % formatdate(localtime=True).encode("ascii"))
+        headers.append(b"Message-ID: %s\r\n" % message_id.encode("ascii"))
         unsubscribe = _unsubscribe_header(rendered)
         if unsubscribe:
-            msg["List-Unsubscribe"] = unsubscribe
+            headers.append(_fold(policy, "List-Unsubscribe", unsubscribe, row))
             if rendered.unsubscribe_url:
-                msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        msg["X-Bulkmail-Campaign"] = self.campaign.name
-        for name, value in self.campaign.headers.items():
-            msg[name] = value
-        self._check_headers(msg, recipient, rendered)
-        # Quoted-printable keeps every line short and 7-bit, so relays without 8BITMIME
-        # pass the bodies unchanged.
-        msg.set_content(rendered.text, cte="quoted-printable")
-        msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
-        attachments = self._attach(msg, recipient, rendered.attachments)
-        try:
-            data = msg.as_bytes()
-        except _HEADER_WRITE_ERRORS as exc:
-            row = Location(self.campaign.recipients, recipient.line)
-            raise RecipientError(f"a value would add a header: {exc}", where=row) from None
+                headers.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+        alternative = _multipart(
+            "alternative",
+            self.boundary + b"_alt",
+            [_body_part("plain", rendered.text), _body_part("html", rendered.html)],
+        )
+        attachments = self._attachments(recipient, rendered.attachments)
+        body = alternative
+        if attachments:
+            body = _multipart("mixed", self.boundary, [alternative, *(p for p, _ in attachments)])
+        data = b"".join([self.static_headers, *headers, b"MIME-Version: 1.0\r\n", body])
         return OutgoingMail(
             index=index,
             recipient=recipient,
@@ -172,57 +194,53 @@ class MessageBuilder:
             subject=rendered.subject,
             html=rendered.html,
             data=data,
-            attachments=attachments,
+            attachments=tuple(info for _, info in attachments),
             smtputf8=smtputf8,
         )
 
-    def _check_headers(
-        self, msg: EmailMessage, recipient: Recipient, rendered: RenderedMail
-    ) -> None:
-        """Check that the subject says what was meant. The email package decodes RFC 2047
-        words in the values it is given, so ``=?utf-8?q?Bob=0D=0ABcc...?=`` in a CSV field
-        would otherwise come out as a line break and a header of its own. (Names are
-        checked for such words when the CSV is read.)"""
-        row = Location(self.campaign.recipients, recipient.line)
-        subject = str(msg["Subject"])
-        if _CONTROL.search(subject) or _folded(subject) != _folded(rendered.subject):
+    def _subject(self, policy: EmailPolicy, subject: str, row: Location) -> bytes:
+        """The Subject header, checked to say what was meant. The email package decodes
+        RFC 2047 words in the values it is given, so ``=?utf-8?q?Bob=0D=0ABcc...?=`` in a
+        CSV field would otherwise come out as a line break and a header of its own.
+        (Names are checked for such words when the CSV is read.)"""
+        header = policy.header_factory("Subject", subject)
+        if _CONTROL.search(str(header)) or _folded(str(header)) != _folded(subject):
             raise TemplateError(
-                f"renders to {rendered.subject!r}, which holds encoded words (=?...?=) that "
+                f"renders to {subject!r}, which holds encoded words (=?...?=) that "
                 "decode to something else",
                 where=self.campaign.location("subject"),
                 row=row,
             )
+        return _fold(policy, "Subject", header, row)
 
-    def _attach(
-        self,
-        msg: EmailMessage,
-        recipient: Recipient,
-        own: Iterable[tuple[int, Path, str]],
-    ) -> tuple[Attachment, ...]:
+    def _attachments(
+        self, recipient: Recipient, own: Iterable[tuple[int, Path, str]]
+    ) -> list[tuple[bytes, Attachment]]:
         per_row = {index: (path, filename) for index, path, filename in own}
         parts = []
         for index in range(len(self.campaign.attachments)):
-            if index in self.shared:
-                part, info = self.shared[index]
-                if index in per_row:  # a fixed file, named per recipient
-                    filename = per_row[index][1]
-                    part, info = (
-                        _renamed(part, filename),
-                        dataclasses.replace(info, filename=filename),
-                    )
-                parts.append((part, info))
+            if index in self.shared and index not in per_row:
+                parts.append(self.shared[index])  # the same bytes for every mail
             elif index in per_row:
+                # A templated path, or a shared file named per recipient (read again:
+                # rare, and the name is inside the encoded part's headers).
                 path, filename = per_row[index]
                 try:
                     parts.append(attachment_part(path, filename))
                 except OSError as exc:
                     row = Location(self.campaign.recipients, recipient.line)
                     raise AttachmentError(f"{path}: {exc.strerror}", where=row) from None
-        if parts:
-            msg.make_mixed()
-            for part, _ in parts:
-                msg.attach(part)  # shared parts are the same objects for every mail
-        return tuple(info for _, info in parts)
+        return parts
+
+
+def _fold(policy: EmailPolicy, name: str, value: object, row: Location | None = None) -> bytes:
+    """One header line as the email package folds and encodes it, refusing any line break
+    that is not folding (the check Python 3.11.10+ makes for CVE-2024-6923)."""
+    header = policy.header_store_parse(name, value)[1]  # as `msg[name] = value` does
+    folded = policy.fold_binary(name, header)
+    if _BARE_BREAK.search(folded[:-2]):
+        raise RecipientError(f"the {name} header would hold a line break", where=row)
+    return folded
 
 
 def _folded(text: str) -> str:
