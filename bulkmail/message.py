@@ -196,6 +196,7 @@ class MessageBuilder:
             data=data,
             attachments=tuple(info for _, info in attachments),
             smtputf8=smtputf8,
+            size=len(data),
         )
 
     def _subject(self, policy: EmailPolicy, subject: str, row: Location) -> bytes:

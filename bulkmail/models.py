@@ -130,10 +130,7 @@ class OutgoingMail:
     data: bytes
     attachments: tuple[Attachment, ...]
     smtputf8: bool  # the envelope or headers need the SMTPUTF8 extension
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
+    size: int = 0  # of data, kept when a check drops the content (see workers.py)
 
 
 class Status(StrEnum):

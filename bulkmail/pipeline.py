@@ -9,11 +9,10 @@ from pathlib import Path
 
 from bulkmail.campaign import load_campaign
 from bulkmail.errors import CampaignError, PreflightError
-from bulkmail.message import MessageBuilder
-from bulkmail.models import Attachment, Campaign, OutgoingMail
+from bulkmail.models import Attachment, Campaign, OutgoingMail, Recipient
 from bulkmail.preview import PreviewTransport
 from bulkmail.recipients import Skipped, iter_recipients, load_suppressed
-from bulkmail.render import Renderer
+from bulkmail.workers import MailFactory, build_in_order, default_workers
 
 MAX_PROBLEMS = 20
 # Gmail and Yahoo require one-click unsubscribe from bulk senders (2024); below this many
@@ -65,24 +64,31 @@ class ProblemLog:
         self.limit = limit
         self.found: dict[tuple[str, str], CampaignError] = {}
         self.rows: dict[tuple[str, str], int] = {}
+        self.lines: dict[tuple[str, str], int] = {}  # the first CSV line with it
         self.truncated = False
 
-    def add(self, error: CampaignError) -> None:
+    def add(self, error: CampaignError, line: int = 0) -> None:
+        """Note a problem found on CSV ``line`` (0: not on a row)."""
         key = (str(error.where), error.message)
         if key in self.found:
             self.rows[key] += 1
         elif len(self.found) < self.limit:
             self.found[key] = error
             self.rows[key] = 1
+            self.lines[key] = line
         else:
             self.truncated = True
 
     def raise_if_any(self) -> None:
+        """Raise PreflightError with the problems in list order, if there are any."""
         if not self.found:
             return
-        for key, error in self.found.items():
+        problems = []
+        for key in sorted(self.found, key=self.lines.__getitem__):
+            error = self.found[key]
             error.more_rows = self.rows[key] - 1
-        raise PreflightError(list(self.found.values()), truncated=self.truncated)
+            problems.append(error)
+        raise PreflightError(problems, truncated=self.truncated)
 
 
 def count_rows(path: Path) -> int | None:
@@ -101,44 +107,52 @@ def build_mails(
     *,
     limit: int | None,
     on_event: OnEvent | None,
+    workers: int | None = None,
+    content: bool = True,
 ) -> Iterator[OutgoingMail]:
-    """Render and build every recipient's mail in order, noting problems and skipped rows."""
-    renderer = Renderer.load(campaign)
-    builder = MessageBuilder.load(campaign)
-    report.attachments = tuple(info for _, info in builder.shared.values())
+    """Render and build every recipient's mail in list order, noting problems and skipped
+    rows. ``workers``: processes to build in (None: as many as pay off, 0: none);
+    ``content=False``: the mails may come without their bytes (for counting only)."""
+    factory = MailFactory(campaign)  # compiles and reads everything: fails early, here
+    report.attachments = tuple(info for _, info in factory.builder.shared.values())
     suppressed = load_suppressed(campaign.suppress) if campaign.suppress else frozenset()
     total = count_rows(campaign.recipients)
     if limit is not None and total is not None:
         total = min(total, limit)
-    index = 0
-    for row in iter_recipients(campaign.recipients, suppressed=suppressed):
-        if limit is not None and index >= limit:
-            break
-        if isinstance(row, CampaignError):
-            problems.add(row)
-            continue
-        if isinstance(row, Skipped):
-            if row.reason == "duplicate":
-                report.duplicates += 1
+    if workers is None:
+        workers = default_workers(total)
+
+    def recipients() -> Iterator[tuple[int, Recipient]]:
+        index = 0
+        for row in iter_recipients(campaign.recipients, suppressed=suppressed):
+            if limit is not None and index >= limit:
+                return
+            if isinstance(row, CampaignError):
+                problems.add(row, (row.where.line or 0) if row.where else 0)
+            elif isinstance(row, Skipped):
+                if row.reason == "duplicate":
+                    report.duplicates += 1
+                else:
+                    report.suppressed += 1
+                if len(report.skipped) < MAX_PROBLEMS:
+                    report.skipped.append(row)
+                if on_event:
+                    on_event(Event("skipped", index, total, skipped=row))
             else:
-                report.suppressed += 1
-            if len(report.skipped) < MAX_PROBLEMS:
-                report.skipped.append(row)
-            if on_event:
-                on_event(Event("skipped", index, total, skipped=row))
-            continue
-        index += 1
-        try:
-            mail = builder.build(index, row, renderer.render(row))
-        except CampaignError as exc:
-            problems.add(exc)
+                index += 1
+                yield index, row
+
+    built_mails = build_in_order(campaign, factory, recipients(), workers=workers, content=content)
+    for recipient, built in built_mails:
+        if isinstance(built, CampaignError):
+            problems.add(built, recipient.line)
             continue
         report.mails += 1
-        report.total_bytes += mail.size
-        report.largest = max(report.largest, mail.size)
+        report.total_bytes += built.size
+        report.largest = max(report.largest, built.size)
         if on_event:
-            on_event(Event("built", index, total, mail=mail))
-        yield mail
+            on_event(Event("built", built.index, total, mail=built))
+        yield built
 
 
 def add_warnings(report: CheckReport) -> None:
@@ -164,6 +178,7 @@ def check_campaign(
     *,
     limit: int | None = None,
     on_event: OnEvent | None = None,
+    workers: int | None = None,
 ) -> CheckReport:
     """Render and build every mail without sending; raise PreflightError listing all problems.
 
@@ -175,7 +190,10 @@ def check_campaign(
     campaign = as_campaign(campaign)
     report = CheckReport(campaign)
     problems = ProblemLog()
-    for _ in build_mails(campaign, report, problems, limit=limit, on_event=on_event):
+    mails = build_mails(
+        campaign, report, problems, limit=limit, on_event=on_event, workers=workers, content=False
+    )
+    for _ in mails:
         pass
     problems.raise_if_any()
     add_warnings(report)
@@ -188,6 +206,7 @@ def preview_campaign(
     out: Path | None = None,
     limit: int | None = None,
     on_event: OnEvent | None = None,
+    workers: int | None = None,
 ) -> PreviewReport:
     """Dry run: write every mail as .html and .eml plus an index.html; nothing is sent.
 
@@ -204,7 +223,10 @@ def preview_campaign(
     report = PreviewReport(campaign, out=(out or campaign.preview_out).resolve())
     problems = ProblemLog()
     with PreviewTransport(report.out, name=campaign.name) as transport:
-        for mail in build_mails(campaign, report, problems, limit=limit, on_event=on_event):
+        mails = build_mails(
+            campaign, report, problems, limit=limit, on_event=on_event, workers=workers
+        )
+        for mail in mails:
             if not problems.found:  # once anything is wrong, only keep checking
                 transport.send(mail)
         problems.raise_if_any()

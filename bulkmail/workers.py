@@ -1,0 +1,107 @@
+"""Render and build mails on every core, handing them back in list order with bounded memory.
+
+The main process reads the CSV (duplicates and suppressions need the whole list's state)
+and sends or writes the mails; worker processes do the CPU work of rendering, inlining
+and building. At most ``2 * workers`` batches are in flight, so memory stays flat
+however long the list, and a slow consumer (an SMTP server at its rate limit) holds the
+workers back instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import replace
+from itertools import islice
+
+from bulkmail.errors import CampaignError
+from bulkmail.message import MessageBuilder
+from bulkmail.models import Campaign, OutgoingMail, Recipient
+from bulkmail.render import Renderer
+
+BATCH = 16
+# Below this many recipients, starting processes costs more than it saves.
+PARALLEL_FROM = 300
+
+Built = OutgoingMail | CampaignError
+
+
+class MailFactory:
+    """Builds one recipient's mail in this process: templates compiled, files read once."""
+
+    def __init__(self, campaign: Campaign) -> None:
+        self.renderer = Renderer.load(campaign)
+        self.builder = MessageBuilder.load(campaign)
+
+    def build(self, index: int, recipient: Recipient) -> Built:
+        try:
+            return self.builder.build(index, recipient, self.renderer.render(recipient))
+        except CampaignError as exc:
+            return exc
+
+
+_factory: MailFactory | None = None
+
+
+def _start_worker(campaign: Campaign) -> None:
+    global _factory
+    # Ctrl-C reaches the whole process group: the main process decides what to do.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _factory = MailFactory(campaign)
+
+
+def _build_batch(batch: list[tuple[int, Recipient]], content: bool) -> list[Built]:
+    assert _factory is not None
+    built = [_factory.build(index, recipient) for index, recipient in batch]
+    if content:
+        return built
+    # A check only counts: don't ship every message back through the pipe.
+    return [b if isinstance(b, CampaignError) else replace(b, data=b"", html="") for b in built]
+
+
+def default_workers(rows: int | None) -> int:
+    """How many worker processes to use for a list of ``rows``: none for short lists."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if rows is not None and rows < PARALLEL_FROM:
+        return 0
+    return min(cores or 1, 4) if (cores or 1) > 1 else 0
+
+
+def build_in_order(
+    campaign: Campaign,
+    factory: MailFactory,
+    items: Iterable[tuple[int, Recipient]],
+    *,
+    workers: int,
+    content: bool = True,
+) -> Iterator[tuple[Recipient, Built]]:
+    """Each ``(index, recipient)`` with its built mail (or its problem), in input order.
+
+    ``workers=0`` builds in this process with ``factory``. ``content=False`` may leave
+    the mails' ``data`` and ``html`` empty (their ``size`` stays): enough for a check.
+    """
+    if workers <= 0:
+        for index, recipient in items:
+            yield recipient, factory.build(index, recipient)
+        return
+    iterator = iter(items)
+    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(campaign,)) as pool:
+        pending: deque[tuple[list[tuple[int, Recipient]], Future[list[Built]]]] = deque()
+        try:
+            while True:
+                while len(pending) < 2 * workers:
+                    batch = list(islice(iterator, BATCH))
+                    if not batch:
+                        break
+                    pending.append((batch, pool.submit(_build_batch, batch, content)))
+                if not pending:
+                    return
+                batch, future = pending.popleft()
+                for (_, recipient), built in zip(batch, future.result(), strict=True):
+                    yield recipient, built
+        finally:
+            for _, future in pending:
+                future.cancel()
