@@ -43,7 +43,7 @@ class _MailPolicy(EmailPolicy):
     def fold(self, name: str, value: str) -> str:
         if name.lower() in _URL_LIST_HEADERS:
             return self._fold_url_list(name, value)
-        return super().fold(name, value)
+        return str(super().fold(name, value))
 
     def fold_binary(self, name: str, value: str) -> bytes:
         if name.lower() in _URL_LIST_HEADERS:
@@ -63,10 +63,10 @@ def parse_sender(text: str, where: Location) -> Address:
     """Read ``Name <addr@example.com>`` (or a bare address) into a checked Address."""
     try:
         header = POLICY.header_factory("From", text)
-        addresses = header.addresses  # type: ignore[attr-defined]
+        addresses = header.addresses
     except Exception as exc:  # the header parser raises several types on junk
         raise ConfigError(f"{text!r} is not an address: {exc}", where=where) from None
-    if len(addresses) != 1 or header.defects:  # type: ignore[attr-defined]
+    if len(addresses) != 1 or header.defects:
         raise ConfigError(f"{text!r}: give exactly one address, e.g. Name <a@b.org>", where=where)
     address = addresses[0]
     try:
