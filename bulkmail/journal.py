@@ -120,9 +120,17 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
+        except BaseException as exc:
+            # Refused (newer schema) or unusable: release the lock at once, and keep
+            # nothing of a migration that failed half-way.
+            if self._db is not None and self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             self.close()
-            raise JournalError(f"cannot use the journal: {exc}", where=Location(self.path)) from exc
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise JournalError(
+                    f"cannot use the journal: {exc}", where=Location(self.path)
+                ) from exc
+            raise
 
     def _migrate(self) -> None:
         db = self._conn
@@ -206,7 +214,7 @@ class Journal:
             "status = CASE WHEN excluded.status = 'skipped' AND status IN ('pending', 'skipped') "
             "THEN 'skipped' WHEN status = 'skipped' THEN 'pending' ELSE status END, "
             "reply = CASE WHEN excluded.status = 'skipped' AND status IN ('pending', 'skipped') "
-            "THEN excluded.reply ELSE reply END",
+            "THEN excluded.reply WHEN status = 'skipped' THEN NULL ELSE reply END",
             (recipient.key, recipient.email, recipient.line, fields, status.value, reply, now),
         )
 
@@ -238,6 +246,17 @@ class Journal:
         self._conn.execute(
             "UPDATE recipients SET status = ?, code = ?, reply = ?, updated = ? WHERE key = ?",
             (status.value, code, reply, time.time(), recipient.key),
+        )
+
+    def unmark(self, recipient: Recipient, status: Status) -> None:
+        """Undo `sending` (back to ``status``): the mail was not handed over after all.
+
+        Committed with the next mark or by `flush`; the attempt stays counted.
+        """
+        self.begin_batch()
+        self._conn.execute(
+            "UPDATE recipients SET status = ?, updated = ? WHERE key = ? AND status = 'sending'",
+            (status.value, time.time(), recipient.key),
         )
 
     def rollback(self) -> None:
@@ -274,8 +293,14 @@ class Journal:
         last = db.execute(
             "SELECT MAX(updated) FROM recipients WHERE status = 'accepted'"
         ).fetchone()[0]
+        # A run that never finished (killed) lasted until its last journaled mail: the
+        # last update before the next run began.
         busy = db.execute(
-            "SELECT SUM(COALESCE(finished, ?) - started) FROM runs", (last or time.time(),)
+            "SELECT SUM(COALESCE(r.finished, ("
+            "  SELECT MAX(x.updated) FROM recipients AS x WHERE x.updated >= r.started"
+            "  AND NOT EXISTS (SELECT 1 FROM runs AS n"
+            "                  WHERE n.started > r.started AND n.started <= x.updated)"
+            "), r.started) - r.started) FROM runs AS r"
         ).fetchone()[0]
         rate = counts[Status.ACCEPTED] / busy if busy and counts[Status.ACCEPTED] else None
         return Summary(counts, runs, started, last, rate)
