@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import getpass
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -267,9 +268,10 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
-def _confirm(yes: bool) -> Callable[[SendPlan], bool]:
+def _confirm(yes: bool, *, show: bool = True) -> Callable[[SendPlan], bool]:
     def confirm(plan: SendPlan) -> bool:
-        out.print(_describe_plan(plan))
+        if show:  # not with --json: stdout is the summary alone
+            out.print(_describe_plan(plan))
         for warning in plan.check.warnings:
             err.print(f"[yellow]warning[/]: {escape(warning)}")
         if yes:
@@ -322,6 +324,8 @@ def _send_report_json(report: SendReport) -> dict[str, object]:
         "failures": [
             {"email": r.email, "line": r.line, "reply": why} for r, why in report.failures
         ],
+        "not_sent": [str(problem) for problem in report.unbuilt],
+        "added_during_run": report.added,
         "elapsed_seconds": round(report.elapsed, 3),
         "journal": str(report.journal),
     }
@@ -329,11 +333,16 @@ def _send_report_json(report: SendReport) -> dict[str, object]:
 
 def _show_send_report(report: SendReport, command: str) -> int:
     plan = report.plan
+    skipped = [f"{plan.already_accepted:,} already sent"]
+    if plan.uncertain:
+        skipped.append(f"{plan.uncertain:,} uncertain (--resend-uncertain sends them again)")
+    if plan.earlier_failed:
+        skipped.append(f"{plan.earlier_failed:,} failed before (--retry-failed retries them)")
+    skipped += [f"{plan.check.suppressed:,} suppressed", f"{plan.check.duplicates:,} duplicates"]
     out.print(
         f"[green]{report.accepted:,} accepted[/], [red]{report.failed:,} failed[/]"
         + (f", {report.uncertain:,} uncertain" if report.uncertain else "")
-        + f"; skipped: {plan.already_accepted:,} already sent, {plan.check.suppressed:,} "
-        f"suppressed, {plan.check.duplicates:,} duplicates"
+        + f"; skipped: {escape(', '.join(skipped))}"
         + (f" (in {_duration(report.elapsed)})" if report.elapsed else "")
     )
     for _, why in report.failures:
@@ -344,16 +353,24 @@ def _show_send_report(report: SendReport, command: str) -> int:
 
 
 def _exit_code(report: SendReport, command: str) -> int:
+    """The documented exit code of a run, with what to do next on stderr."""
+    hint = escape(command)
+    for problem in report.unbuilt:
+        err.print(f"[red]not sent[/]: {escape(str(problem))}")
+    if report.added:
+        err.print(f"{report.added:,} rows were added to the list during the run: rerun `{hint}`.")
     if report.stopped is not None:
         err.print(f"[red]error[/]: {escape(str(report.stopped))}")
-        err.print(f"delivery stopped; what was sent is journaled: rerun `{command}` to go on.")
+        err.print(f"delivery stopped; what was sent is journaled: rerun `{hint}` to go on.")
         return report.stopped.exit_code
     if report.interrupted:
-        err.print(f"interrupted; rerun `{command}` to resume where it stopped.")
+        err.print(f"interrupted; rerun `{hint}` to resume where it stopped.")
         return 130
-    if report.failed or report.uncertain:
-        return 3
-    return 0
+    plan = report.plan
+    # 0 promises that every recipient was accepted: not so while some are in doubt or
+    # failed, in this run or an earlier one that this run did not retry.
+    refused = report.failed or report.uncertain or report.unbuilt
+    return 3 if refused or plan.uncertain or plan.earlier_failed else 0
 
 
 @app.command()
@@ -392,7 +409,20 @@ def run(
     if dry_run:
         preview(campaign, out_dir=out_dir, limit=limit, as_json=as_json)
         return
-    command = f"bulkmail run {campaign}"
+    # The resume hint repeats the options that shape the run, so that a script (with
+    # --yes) can run it as it is. Never --resend-uncertain: whoever this run left in
+    # doubt must not be mailed again unasked.
+    options = {
+        "--yes": yes,
+        "--retry-failed": retry_failed,
+        "--allow-changes": allow_changes,
+        "--json": as_json,
+    }
+    command = shlex.join(
+        ["bulkmail", "run", str(campaign)]
+        + [name for name, given in options.items() if given]
+        + (["--limit", str(limit)] if limit is not None else [])
+    )
     with user_errors():
         if not yes and not sys.stdin.isatty():
             raise CampaignError("no terminal to confirm on: add --yes to send")
@@ -404,7 +434,7 @@ def run(
                 resend_uncertain=resend_uncertain,
                 allow_changes=allow_changes,
                 prompt=_password_prompt(),
-                confirm=_confirm(yes or as_json),
+                confirm=_confirm(yes or as_json, show=not as_json),
                 stop=stop,
                 on_event=progress,
             )

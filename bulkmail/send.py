@@ -78,6 +78,12 @@ class SendReport:
     interrupted: bool = False
     stopped: DeliveryError | None = None  # the error that stopped the batch
     elapsed: float = 0.0
+    # Rows the send met that the preflight had not seen (added to the list since): they
+    # are left for the next run, which checks them first.
+    added: int = 0
+    # Mails that could not be built again at their turn (a file changed or vanished since
+    # the preflight): not sent, still pending in the journal for the next run.
+    unbuilt: list[CampaignError] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -151,8 +157,19 @@ def _preflight(
     report = CheckReport(campaign)
     problems = ProblemLog()
     plan = SendPlan(campaign, report, 0, 0, 0, 0)
+
+    def note(event: Event) -> None:
+        # Every suppressed row, not only the first few that report.skipped keeps.
+        skipped = event.skipped
+        if skipped is not None and skipped.reason == "suppressed" and not problems.found:
+            journal.plan(skipped.recipient, Status.SKIPPED, skipped.detail)
+        if on_event is not None:
+            on_event(event)
+
     journal.begin_batch()
-    for mail in build_mails(campaign, report, problems, limit=limit, on_event=on_event):
+    # content=False: the preflight needs each mail built, not its bytes shipped back
+    mails = build_mails(campaign, report, problems, limit=limit, on_event=note, content=False)
+    for mail in mails:
         if problems.found:
             continue
         journal.plan(mail.recipient)
@@ -165,9 +182,6 @@ def _preflight(
             plan.earlier_failed += 1
         elif entry is not None and entry.status is Status.SENDING:
             plan.uncertain += 1
-    for skipped in report.skipped:
-        if skipped.reason == "suppressed":
-            journal.plan(skipped.recipient, Status.SKIPPED, skipped.detail)
     try:
         problems.raise_if_any()
     except BulkmailError:
@@ -262,8 +276,8 @@ def _deliver(
     limiter = limiter_for(campaign.rate, sleep=stop.wait)  # a stop cuts the wait short
     total = report.plan.to_send
     started = time.monotonic()
-    journal.set_meta("fingerprint", json.dumps(fingerprint, sort_keys=True))
     journal.start_run()
+    recorded = False  # the fingerprint describes what was sent: stored with the first mail
     outcome = "completed"
 
     def emit(kind: str, mail: OutgoingMail, detail: str = "") -> None:
@@ -271,12 +285,19 @@ def _deliver(
             done = report.accepted + report.failed + report.uncertain
             on_event(Event(kind, done, total, mail=mail, detail=detail))
 
+    problems = ProblemLog(limit=MAX_LISTED)
     try:
         with transport:
             for mail in build_mails(
-                campaign, CheckReport(campaign), ProblemLog(), limit=limit, on_event=None
+                campaign, CheckReport(campaign), problems, limit=limit, on_event=None
             ):
                 entry = journal.status_of(mail.recipient.key)
+                if entry is None:
+                    # Added to the list after the preflight: sending it now would leave
+                    # no journal row for it (marks update existing rows only), so a
+                    # later run would mail it again.
+                    report.added += 1
+                    continue
                 if not _should_send(
                     entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain
                 ):
@@ -286,6 +307,10 @@ def _deliver(
                     report.interrupted = True
                     outcome = "interrupted"
                     break
+                if not recorded:  # committed together with the first mark
+                    journal.begin_batch()
+                    journal.set_meta("fingerprint", json.dumps(fingerprint, sort_keys=True))
+                    recorded = True
                 journal.sending(mail.recipient, mail.message_id)
                 try:
                     reply = transport.send(mail)
@@ -301,6 +326,12 @@ def _deliver(
                     report.uncertain += 1
                     emit("uncertain", mail, str(exc))
                     continue
+                except DeliveryError:
+                    # Connect, TLS or login failed on a reconnect, or the connection kept
+                    # dropping before the end of DATA: this mail was never handed over,
+                    # so it is not in doubt. Put it back as it was for the next run.
+                    journal.unmark(mail.recipient, entry.status)
+                    raise
                 journal.outcome(mail.recipient, Status.ACCEPTED, 250, reply)
                 report.accepted += 1
                 emit("sent", mail, reply)
@@ -312,6 +343,9 @@ def _deliver(
         outcome = "interrupted"
         raise
     finally:
+        for key, error in problems.found.items():
+            error.more_rows = problems.rows[key] - 1
+        report.unbuilt = list(problems.found.values())
         report.elapsed = time.monotonic() - started
         journal.flush()
         journal.finish_run(outcome)

@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import policy
@@ -127,6 +128,7 @@ class Received:
     mail_options: tuple[str, ...]
     content: bytes
     connection: int
+    received_at: float = field(default_factory=time.monotonic)  # when the server recorded it
 
     def parsed(self) -> EmailMessage:
         message = BytesParser(policy=policy.default).parsebytes(self.content)
@@ -395,3 +397,41 @@ def smtpd_no_starttls(make_server: ServerFactory) -> Server:
 # ---------------------------------------------------------------------------------------
 # Campaign fixtures go below this line (or in tests/campaign_fixtures.py).
 # ---------------------------------------------------------------------------------------
+
+
+class DataHold:
+    """Stall the server inside the ``number``-th DATA (counting from 1) of an Inbox.
+
+    ``queued=False`` stalls before the message is recorded, ``queued=True`` after it is
+    recorded but before the reply is sent. ``entered`` is set when the stall begins; it
+    ends on `release`, after ``limit`` seconds, or when the client goes away (aiosmtpd
+    cancels the handler then, so a message held before queueing is never recorded).
+    """
+
+    def __init__(self, inbox: Inbox, number: int, *, queued: bool, limit: float = 20.0) -> None:
+        self.entered = threading.Event()
+        self._released = threading.Event()
+        self._count = 0
+        original = inbox.handle_DATA
+
+        async def handle_DATA(server: SMTPServer, session: Session, envelope: Envelope) -> str:
+            self._count += 1
+            held = self._count == number
+            if held and not queued:
+                await self._stall(limit)
+            reply = await original(server, session, envelope)
+            if held and queued:
+                await self._stall(limit)
+            return reply
+
+        # aiosmtpd looks the hooks up on the handler when each connection starts.
+        inbox.handle_DATA = handle_DATA  # type: ignore[method-assign]
+
+    async def _stall(self, limit: float) -> None:
+        self.entered.set()
+        deadline = time.monotonic() + limit
+        while not self._released.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
+    def release(self) -> None:
+        self._released.set()
