@@ -157,7 +157,8 @@ def check_rows(rows: list[dict[str, str]]) -> None:
             to = message["To"].addresses
             expected = check_address(row["email"], Location("list.csv"))
             assert [address.addr_spec for address in to] == [expected], row
-            assert message["Subject"] == mail.subject
+            # (folding may start a long subject on the next line: compare the words)
+            assert message["Subject"].split() == mail.subject.split()
             assert "evil.example" not in "".join(
                 str(message[name]) for name in HEADERS if name not in ("To", "Subject")
             )
@@ -171,9 +172,20 @@ def check_rows(rows: list[dict[str, str]]) -> None:
             assert problems.lines[key] in written.rows
 
 
+SPECIALS = set('()<>[]:;@\\,."')
+
+
+def folds_a_quoted_name(row: dict[str, str]) -> bool:
+    """Whether the To header folds a display name that needs quoting (see the xfail test)."""
+    if not SPECIALS & set(row["name"]):
+        return False
+    quoted = '"' + row["name"].replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return len(f"To: {quoted} <{row['email']}>") > 70  # near the 78-column fold, or past
+
+
 row = st.fixed_dictionaries(
     {"email": email_ish, "name": field_text, "first_name": field_text, "city": field_text}
-)
+).filter(lambda row: not folds_a_quoted_name(row))
 row_with_injection = st.fixed_dictionaries(
     {
         "email": st.one_of(valid_email, email_ish),
@@ -181,7 +193,7 @@ row_with_injection = st.fixed_dictionaries(
         "first_name": st.one_of(injection, embedded, short_text),
         "city": st.one_of(injection, embedded, short_text),
     }
-)
+).filter(lambda row: not folds_a_quoted_name(row))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -229,3 +241,23 @@ def test_non_ascii_local_parts_are_accepted_or_reported(rows: list[dict[str, str
 @pytest.mark.parametrize("email", ENCODED_WORD_ADDRESSES)
 def test_encoded_word_in_an_address_is_refused_or_kept_verbatim(email: str) -> None:
     check_rows([{"email": email, "name": "", "first_name": "", "city": ""}])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="message.py folds To with the email package, which drops the quotes of a display "
+    "name when it folds it (CPython 3.11): a long name holding '<evil@evil.example>, y' "
+    "gives 'To: xxx…\\r\\n <evil@evil.example>, y <reader@example.com>', two addresses",
+)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x" * 70 + " <evil@evil.example>, y",
+        "Bob, evil@evil.example " + "x" * 70,
+        '"' * 39,
+        "Martin, Anne-Sophie (Lyon office; marketing & communication) " + "x" * 20,
+    ],
+    ids=["angle address", "address list", "quotes", "ordinary long name"],
+)
+def test_long_display_name_with_specials_stays_one_quoted_name(name: str) -> None:
+    check_rows([{"email": "reader@example.com", "name": name, "first_name": "", "city": ""}])
