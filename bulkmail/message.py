@@ -167,7 +167,7 @@ class MessageBuilder:
         local, _, domain = recipient.email.rpartition("@")
         to = Address(display_name=recipient.name, username=local, domain=domain)
         message_id = make_msgid(domain=self.sender.domain)
-        headers = [_fold(policy, "To", to, row)]
+        headers = [_to_header(policy, to, row)]
         headers.append(self._subject(policy, rendered.subject, row))
         headers.append(b"Date: %s\r\n" % formatdate(localtime=True).encode("ascii"))
         headers.append(b"Message-ID: %s\r\n" % message_id.encode("ascii"))
@@ -232,6 +232,30 @@ class MessageBuilder:
                     row = Location(self.campaign.recipients, recipient.line)
                     raise AttachmentError(f"{path}: {exc.strerror}", where=row) from None
         return parts
+
+
+def _to_header(policy: EmailPolicy, to: Address, row: Location) -> bytes:
+    """The To header, read back to make sure it names exactly this one recipient.
+
+    Python 3.11's folder can drop a display name's quotes when it folds a long one, which
+    turns ``Martin, Anne (Lyon; ...)`` or a name holding ``<evil@example.com>, y`` into
+    several addresses; an encoded word in an address gets decoded. When the folded header
+    does not read back as written, it is written on one line (up to 998 octets, RFC 5322),
+    and if that does not read back either, the row is refused.
+    """
+    for attempt in (policy, policy.clone(max_line_length=_MAX_LINE)):
+        folded = _fold(attempt, "To", to, row)
+        text = folded.decode("utf-8")[len("To:") :].replace("\r\n", "")
+        addresses = attempt.header_factory("To", text.strip()).addresses
+        if len(addresses) == 1 and (addresses[0].addr_spec, addresses[0].display_name) == (
+            to.addr_spec,
+            to.display_name,
+        ):
+            return folded
+    raise RecipientError(
+        f"{to.display_name!r} <{to.addr_spec}> cannot be written as one address in the To header",
+        where=Location(row.path, row.line, "name"),
+    )
 
 
 def _fold(policy: EmailPolicy, name: str, value: object, row: Location | None = None) -> bytes:

@@ -127,6 +127,13 @@ def check_address(address: str, where: Location) -> str:
         valid = validate_email(address, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
         raise RecipientError(f"{address!r} is not a valid address: {exc}", where=where) from None
+    if _ENCODED_WORD.search(address):
+        # Mail readers would decode it: "=?utf-8?q?=3Cevil=40evil.example=3E?=@example.com"
+        # reads as <evil@evil.example>.
+        raise RecipientError(
+            f"{address!r}: an address may not contain MIME encoded words (=?...?=)",
+            where=where,
+        )
     # An internationalised domain is sent as its ASCII (IDNA) form, which every server takes;
     # only a non-ASCII local part needs SMTPUTF8.
     return valid.ascii_email or valid.normalized

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -48,9 +50,19 @@ _factory: MailFactory | None = None
 
 def _start_worker(campaign: Campaign) -> None:
     global _factory
-    # Ctrl-C reaches the whole process group: the main process decides what to do.
+    # Ctrl-C and a SIGTERM to the process group reach the workers too: the main process
+    # decides what to do, and ends them when it is done.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _factory = MailFactory(campaign)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the main process is gone (killed: it could not tell us)."""
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
 
 
 def _build_batch(batch: list[tuple[int, Recipient]], content: bool) -> list[Built]:

@@ -331,12 +331,6 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly_with_workers(
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers.py: ProcessPoolExecutor workers (forked) keep the call queue's write "
-    "end open themselves, so when the main process is SIGKILLed they never see EOF and "
-    "wait forever, orphaned, one set per killed run",
-)
 def test_sigkill_leaves_no_worker_processes_behind(long_list: CampaignDir, smtpd: Server) -> None:
     process = start(long_list, *RUN)
     wait_until(lambda: len(smtpd.inbox.messages) >= 10, process)
