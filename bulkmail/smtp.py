@@ -37,6 +37,11 @@ Stage = Literal["ca_file", "connect", "starttls", "login", "send"]
 # The errors smtplib lets through: its own, and OSError (socket, ssl, timeouts).
 _FOREIGN_ERRORS = (smtplib.SMTPException, OSError)
 
+# The mechanisms smtplib implements, strongest first (as its login() orders them).
+_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")
+# A server that hangs must not hold up the end of a run (after a second Ctrl-C) for long.
+_QUIT_TIMEOUT = 3.0
+
 # RFC 5321 4.5.2: a line starting with "." gets one more.
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 
@@ -364,7 +369,16 @@ class SMTPTransport:
     def _login(self, smtp: smtplib.SMTP, username: str) -> None:
         assert self._password is not None  # checked in _connect
         with self._translating("login", username=username):
-            smtp.login(username, self._password)
+            smtp.user, smtp.password = username, self._password
+            # smtplib's login() tries the next mechanism after a refusal, so a wrong
+            # password would count twice toward the provider's lockout: use one.
+            advertised = smtp.esmtp_features.get("auth", "").upper().split()
+            mechanism = next((m for m in _MECHANISMS if m in advertised), None)
+            if mechanism is None:
+                smtp.login(username, self._password)  # let smtplib say what is missing
+            else:
+                method = getattr(smtp, "auth_" + mechanism.lower().replace("-", "_"))
+                smtp.auth(mechanism, method, initial_response_ok=True)
         self._emit("login", username=username)
 
     def _ready_connection(self) -> smtplib.SMTP:
@@ -399,6 +413,8 @@ class SMTPTransport:
         if smtp is None:
             return
         try:
+            if smtp.sock is not None:
+                smtp.sock.settimeout(min(self.settings.timeout, _QUIT_TIMEOUT))
             smtp.quit()
         except _FOREIGN_ERRORS:
             pass  # the server may be gone already; there is nothing left to tell it
