@@ -65,6 +65,19 @@ class StepError(Exception):
     """A step failed or hung: its measurement is reported as ERROR, the rest go on."""
 
 
+# Set by SIGTERM or Ctrl-C. The handler raises SystemExit, but an exception raised while
+# unwinding (smtplib's __exit__ sends QUIT and raises on the reply) can replace it: the
+# flag lets the bench stop all the same, cleaning up the sink and its temporary folder.
+TERMINATED = threading.Event()
+EXIT_CODE = [1]
+
+
+def on_signal(signum: int, frame: object) -> None:
+    TERMINATED.set()
+    EXIT_CODE[0] = 128 + signum
+    raise SystemExit(EXIT_CODE[0])
+
+
 # --- sizes ------------------------------------------------------------------------------
 
 
@@ -169,6 +182,8 @@ def run_process(
                 if pid:
                     wall = now - started
                     break
+                if TERMINATED.is_set():
+                    raise SystemExit(EXIT_CODE[0])
                 if now - started > timeout:
                     raise StepError(f"timed out after {timeout:.0f} s: {' '.join(command)}")
                 if sample_memory and now >= next_sample:
@@ -903,8 +918,8 @@ def main() -> int:
     if unknown:
         sys.exit(f"--only: unknown measurement(s) {', '.join(sorted(unknown))}")
 
-    # SIGTERM ends the run like Ctrl-C: the sink and temporary files are cleaned up.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
     started = time.perf_counter()
@@ -928,6 +943,8 @@ def main() -> int:
             try:
                 step(bench)
             except Exception as exc:  # one broken step must not lose the others
+                if TERMINATED.is_set():
+                    raise SystemExit(EXIT_CODE[0]) from exc
                 log(f"measurement {key} failed: {exc}")
                 bench.rows.append(Row(key, f"measurement {key}", "", "", None, "", "ERROR",
                                       detail={"error": str(exc)}))  # fmt: skip
