@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import filelock
 
@@ -319,18 +319,18 @@ _COLUMNS = (
 )
 
 
-def _entry(row: tuple[object, ...]) -> Entry:
+def _entry(row: tuple[Any, ...]) -> Entry:
     key, email, line, fields, status, attempts, code, reply, message_id, first, updated = row
     return Entry(
         key=str(key),
         email=str(email),
-        line=int(line),  # type: ignore[call-overload]
+        line=int(line),
         fields=json.loads(str(fields)),
         status=Status(status),
-        attempts=int(attempts),  # type: ignore[call-overload]
-        code=code,  # type: ignore[arg-type]
-        reply=reply,  # type: ignore[arg-type]
-        message_id=message_id,  # type: ignore[arg-type]
-        first_attempt=first,  # type: ignore[arg-type]
-        updated=float(updated),  # type: ignore[arg-type]
+        attempts=int(attempts),
+        code=code,
+        reply=reply,
+        message_id=message_id,
+        first_attempt=first,
+        updated=float(updated),
     )

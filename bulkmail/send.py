@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -105,10 +106,13 @@ def content_fingerprint(campaign: Campaign, renderer: Renderer) -> dict[str, str
         "data": json.dumps(campaign.data, sort_keys=True, default=str),
         "headers": json.dumps(dict(campaign.headers), sort_keys=True),
         "unsubscribe": repr(campaign.unsubscribe),
+        "base_url": campaign.base_url or "",
     }
     fingerprint = {key: _digest(value) for key, value in parts.items()}
     for path in renderer.template_files:
-        fingerprint[f"template {path.name}"] = _digest(path.read_bytes())
+        # Named relative to the campaign file: the same whatever folder bulkmail runs in.
+        name = os.path.relpath(path, campaign.path.parent)
+        fingerprint[f"template {name}"] = _digest(path.read_bytes())
     for index, spec in enumerate(campaign.attachments):
         content = spec.path if spec.templated else Path(spec.path).read_bytes()
         fingerprint[f"attachment {index + 1}"] = _digest(f"{spec.filename}|") + _digest(content)

@@ -431,7 +431,7 @@ def test_changed_template_between_runs_needs_allow_changes(
     assert refused.exit_code == 1
     assert refused.stderr.splitlines() == [
         "error: campaigns/test.yaml: the campaign changed since its first run (template "
-        "issue.html); earlier recipients got the old version. Rerun with --allow-changes to "
+        "../templates/issue.html); earlier recipients got the old version. Rerun with --allow-changes to "
         "send the new one to the rest",
         "nothing was sent.",
     ]
