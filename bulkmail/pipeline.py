@@ -106,13 +106,16 @@ def build_mails(
     problems: ProblemLog,
     *,
     limit: int | None,
-    on_event: OnEvent | None,
+    on_event: OnEvent | None = None,
     workers: int | None = None,
     content: bool = True,
+    select: Callable[[Recipient], bool] | None = None,
 ) -> Iterator[OutgoingMail]:
     """Render and build every recipient's mail in list order, noting problems and skipped
     rows. ``workers``: processes to build in (None: as many as pay off, 0: none);
-    ``content=False``: the mails may come without their bytes (for counting only)."""
+    ``content=False``: the mails may come without their bytes (for counting only);
+    ``select``: only the recipients it accepts are built (the others count toward
+    ``limit`` all the same)."""
     factory = MailFactory(campaign)  # compiles and reads everything: fails early, here
     report.attachments = tuple(info for _, info in factory.builder.shared.values())
     suppressed = load_suppressed(campaign.suppress) if campaign.suppress else frozenset()
@@ -140,7 +143,8 @@ def build_mails(
                     on_event(Event("skipped", index, total, skipped=row))
             else:
                 index += 1
-                yield index, row
+                if select is None or select(row):
+                    yield index, row
 
     built_mails = build_in_order(campaign, factory, recipients(), workers=workers, content=content)
     for recipient, built in built_mails:
