@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -197,8 +198,7 @@ def check_campaign(
     mails = build_mails(
         campaign, report, problems, limit=limit, on_event=on_event, workers=workers, content=False
     )
-    for _ in mails:
-        pass
+    collections.deque(mails, maxlen=0)  # build them all; the report counts as they go
     problems.raise_if_any()
     add_warnings(report)
     return report

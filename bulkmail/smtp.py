@@ -16,6 +16,7 @@ Per mail, the outcome is one of:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import smtplib
 import socket
@@ -409,11 +410,11 @@ class SMTPTransport:
         if smtp is None:
             return
         try:
-            if smtp.sock is not None:
-                smtp.sock.settimeout(min(self.settings.timeout, _QUIT_TIMEOUT))
-            smtp.quit()
-        except _FOREIGN_ERRORS:
-            pass  # the server may be gone already; there is nothing left to tell it
+            # The server may be gone already; then there is nothing left to tell it.
+            with contextlib.suppress(*_FOREIGN_ERRORS):
+                if smtp.sock is not None:
+                    smtp.sock.settimeout(min(self.settings.timeout, _QUIT_TIMEOUT))
+                smtp.quit()
         finally:
             smtp.close()
 
