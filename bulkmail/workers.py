@@ -9,6 +9,7 @@ workers back instead of filling memory.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -100,6 +101,9 @@ def build_in_order(
             yield recipient, factory.build(index, recipient)
         return
     iterator = iter(items)
+    # Forked workers share the main process's memory until they write to it; the cyclic
+    # GC walking every object would make them copy it all. Frozen objects are left alone.
+    gc.freeze()
     with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(campaign,)) as pool:
         pending: deque[tuple[list[tuple[int, Recipient]], Future[list[Built]]]] = deque()
         try:
@@ -117,3 +121,4 @@ def build_in_order(
         finally:
             for _, future in pending:
                 future.cancel()
+            gc.unfreeze()
