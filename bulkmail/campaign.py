@@ -33,6 +33,9 @@ SMTP_KEYS = (
 )  # fmt: skip
 RATE_UNITS = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0}
 JOURNAL_FOLDER = ".bulkmail"
+# Without a `rate:`, one mail a second: slow enough for any provider's limits (and for a
+# mistake to be stopped early); the plan shown before sending says so.
+DEFAULT_RATE = Rate(per_second=1.0, burst=1, text="1 per second (the default; set rate:)")
 _JINJA = re.compile(r"{{|{%")
 # Headers bulkmail writes itself; a campaign may not set them through `headers:`.
 _RESERVED_HEADERS = {
@@ -197,7 +200,7 @@ def _build(root: _Node, path: Path) -> Campaign:
         unsubscribe=opt("unsubscribe", _unsubscribe),
         suppress=opt("suppress", lambda n: n.file(base)),
         smtp=opt("smtp", lambda n: _smtp(n, base)),
-        rate=opt("rate", _rate) or Rate(per_second=None),
+        rate=opt("rate", _rate) or DEFAULT_RATE,
         preview_out=preview_out,
         journal_dir=base / JOURNAL_FOLDER,
         base_url=opt("base_url", _url),

@@ -62,6 +62,7 @@ class CampaignDir:
             "data": {"month": "June"},
             "unsubscribe": {"url": "https://example.com/u?e={{ email | urlencode }}"},
             "preview": {"out": "../previews"},
+            "rate": {"per_second": 0},  # no limit: tests send fast (the default is 1/s)
         }
         self.template("issue.html", HTML)
         self.csv(CSV_ROWS)

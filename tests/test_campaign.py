@@ -41,11 +41,11 @@ def test_loading_does_not_depend_on_the_working_directory(
 
 def test_defaults(tmp_path: Path) -> None:
     c = CampaignDir(tmp_path)
-    path = c.write(name=None, preview=None, unsubscribe=None)
+    path = c.write(name=None, preview=None, unsubscribe=None, rate=None)
     campaign = load_campaign(path)
     assert campaign.name == "test"  # the file's stem
     assert campaign.preview_out == c.campaigns / "previews" / "test"
-    assert campaign.rate.per_second is None
+    assert (campaign.rate.per_second, campaign.rate.burst) == (1.0, 1)  # conservative
     assert campaign.smtp is None
     assert campaign.attachments == ()
 
@@ -94,7 +94,7 @@ def test_attachments_plain_and_templated(tmp_path: Path) -> None:
     assert second.templated
     assert second.path == str(c.campaigns / "files/{{ cid }}.pdf")
     assert second.filename == "invoice-{{ cid }}.pdf"
-    assert str(second.where).endswith("test.yaml:14: attachments[1]")
+    assert str(second.where).endswith("test.yaml:16: attachments[1]")
 
 
 @pytest.mark.parametrize(

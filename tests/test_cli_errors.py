@@ -153,14 +153,14 @@ CASES: dict[str, tuple[Callable[[CampaignDir], object], list[str]]] = {
     "missing attachment": (
         lambda c: c.write(attachments=["files/report.pdf"]),
         [
-            "error: campaigns/test.yaml:13: attachments[0]: files/report.pdf: no such file",
+            "error: campaigns/test.yaml:15: attachments[0]: files/report.pdf: no such file",
             "nothing was sent.",
         ],
     ),
     "per-recipient attachment missing for one row": (
         _per_recipient_attachment,
         [
-            "error: campaigns/test.yaml:13: attachments[0]: campaigns/files/2.pdf: "
+            "error: campaigns/test.yaml:15: attachments[0]: campaigns/files/2.pdf: "
             "no such file (for campaigns/list.csv:3)",
             "1 problem; nothing was sent.",
         ],

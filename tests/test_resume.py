@@ -431,8 +431,8 @@ def test_changed_template_between_runs_needs_allow_changes(
     assert refused.exit_code == 1
     assert refused.stderr.splitlines() == [
         "error: campaigns/test.yaml: the campaign changed since its first run (template "
-        "../templates/issue.html); earlier recipients got the old version. Rerun with --allow-changes to "
-        "send the new one to the rest",
+        "../templates/issue.html); earlier recipients got the old version. Rerun with "
+        "--allow-changes to send the new one to the rest",
         "nothing was sent.",
     ]
     assert len(smtpd.inbox.messages) == 8
