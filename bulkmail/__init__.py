@@ -19,6 +19,8 @@ from bulkmail.errors import (
 )
 from bulkmail.models import Campaign, OutgoingMail, Recipient
 from bulkmail.pipeline import CheckReport, Event, PreviewReport, check_campaign, preview_campaign
+from bulkmail.send import SendPlan, SendReport, send_campaign, send_test
+from bulkmail.status import CampaignStatus, campaign_status
 
 __all__ = [
     "AttachmentError",
@@ -26,6 +28,7 @@ __all__ = [
     "BulkmailError",
     "Campaign",
     "CampaignError",
+    "CampaignStatus",
     "CheckReport",
     "ConfigError",
     "ConnectError",
@@ -39,9 +42,14 @@ __all__ = [
     "Recipient",
     "RecipientError",
     "RecipientRefused",
+    "SendPlan",
+    "SendReport",
     "TLSError",
     "TemplateError",
+    "campaign_status",
     "check_campaign",
     "load_campaign",
     "preview_campaign",
+    "send_campaign",
+    "send_test",
 ]
