@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 from builders import CampaignDir
-from click.testing import Result
 from conftest import PASSWORD, PASSWORD_ENV, USERNAME, Server, TLSPair
 from test_send import people, smtp_settings
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from bulkmail.cli import app
 
