@@ -18,13 +18,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import filelock
 
 from bulkmail.errors import JournalError, Location
 from bulkmail.models import Recipient, Status
+from bulkmail.opening import Opened
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -92,7 +92,7 @@ def journal_path(journal_dir: Path, name: str) -> Path:
     return journal_dir / f"{name}.sqlite"
 
 
-class Journal:
+class Journal(Opened):
     """A campaign's journal, opened (and locked) for one run, or read-only for status."""
 
     def __init__(self, path: Path, *, lock: bool = True) -> None:
@@ -159,18 +159,6 @@ class Journal:
             self._db = None
         if self._lock is not None and self._lock.is_locked:
             self._lock.release()
-
-    def __enter__(self) -> Self:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- campaign-wide facts -------------------------------------------------------------
 

@@ -7,12 +7,13 @@ import re
 import shutil
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 import jinja2
 
 from bulkmail.errors import ConfigError, Location
 from bulkmail.models import OutgoingMail
+from bulkmail.opening import Opened
 
 MARKER = ".bulkmail-preview"
 _UNSAFE = re.compile(r"[^\w.@+-]+")
@@ -47,7 +48,7 @@ _FOOT = _ENV.from_string("""</tbody></table>
 """)
 
 
-class PreviewTransport:
+class PreviewTransport(Opened):
     """Writes mails to a preview folder; the folder is replaced only when every mail is in.
 
     The mails go to a staging folder beside ``out``; `close` writes the index and swaps it in,
@@ -110,10 +111,6 @@ class PreviewTransport:
             self._index.close()
             self._index = None
         shutil.rmtree(self._staging, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.open()
-        return self
 
     def __exit__(
         self,

@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from bulkmail.errors import AuthError, ConnectError, DeliveryError, RecipientRefused, TLSError
 from bulkmail.models import OutgoingMail, SmtpSettings
+from bulkmail.opening import Opened
 
 EventHandler = Callable[[str, dict[str, Any]], None]
 Stage = Literal["ca_file", "connect", "starttls", "login", "send"]
@@ -182,7 +182,7 @@ class _Dropped(Exception):
         self.reason = reason
 
 
-class SMTPTransport:
+class SMTPTransport(Opened):
     """Send mails through one SMTP connection, opened and logged into once.
 
     Reconnects (and logs in again) when the server drops the connection, answers 421
@@ -236,18 +236,6 @@ class SMTPTransport:
         return self._smtp.sock if self._smtp is not None else None
 
     # -- the Transport protocol -------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def open(self) -> None:
         """Connect, say EHLO, set up TLS as configured and log in. Does nothing if open."""
