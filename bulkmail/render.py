@@ -211,15 +211,16 @@ class Renderer:
         found = _template_line(exc.__traceback__, self._files)
         if found:
             where = Location(found[0], found[1])
-        elif key in ("html", "text"):
-            where = Location(
-                self.campaign.template
-                if key == "html"
-                else self.campaign.text_template or self.campaign.template
-            )
-        else:
-            field = key.rstrip("0123456789")
-            where = Location(self.campaign.path, self._line(field.split("_")[0]), field)
+        elif key.startswith("html"):  # "html" or "html_marked"
+            where = Location(self.campaign.template)
+        elif key == "text":
+            where = Location(self.campaign.text_template or self.campaign.template)
+        elif key.startswith(("attachment", "filename")):  # attachment3, filename3
+            where = self.campaign.attachments[int(key.lstrip("abcdefghijklmnopqrstuvwxyz"))].where
+        else:  # subject, unsubscribe_url, unsubscribe_mailto
+            setting = key.split("_")[0]
+            field = key.replace("_", ".") if setting != key else key
+            where = Location(self.campaign.path, self._line(setting), field)
         message = exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else str(exc)
         if not isinstance(exc, jinja2.TemplateError):
             message = f"{type(exc).__name__}: {message}"

@@ -165,6 +165,17 @@ CASES: dict[str, tuple[Callable[[CampaignDir], object], list[str]]] = {
             "1 problem; nothing was sent.",
         ],
     ),
+    "undefined variable in an attachment's name": (
+        lambda c: (
+            c.file("files/a.pdf", b"%PDF-1.4"),
+            c.write(attachments=[{"path": "files/a.pdf", "filename": "x-{{ nope }}.pdf"}]),
+        ),
+        [
+            "error: campaigns/test.yaml:15: attachments[0]: 'nope' is undefined "
+            "(for campaigns/list.csv:2 and 2 more rows)",
+            "1 problem; nothing was sent.",
+        ],
+    ),
     "newline in a rendered subject": (
         lambda c: c.csv(_bad_row(first_name="Carol\nBcc: x@evil.example")),
         [
