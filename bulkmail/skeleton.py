@@ -171,17 +171,17 @@ class SkeletonInliner:
         written = [
             self._serialise(places[i], v) if i in places else "" for i, v in enumerate(values)
         ]
-        html = _join(entry.pieces, entry.order, written)
+        inlined = _join(entry.pieces, entry.order, written)
         if entry.checks_left > 0:
             entry.checks_left -= 1
             self.stats.checked += 1
             expected = self._inline(doc.document())
-            if html != expected:
+            if inlined != expected:
                 entry.pieces = None
                 self.stats.unusable += 1
                 self.stats.slow += 1
                 return expected, self._to_text(expected)
-        return html, self._text(entry, values)
+        return inlined, self._text(entry, values)
 
     # --- the caches --------------------------------------------------------------------
 
@@ -333,20 +333,20 @@ class SkeletonInliner:
         if place.tag == COMMENT:
             return value
         if place.attribute is None:
-            html = f"<html><body><p>{value}</p></body></html>"
-            out = _tostring(html)
+            page = f"<html><body><p>{value}</p></body></html>"
+            out = _tostring(page)
             start = out.index("<p>") + 3
             return out[start : out.rindex("</p>")]
         tag = "a" if place.tag == "a" else "span"
-        html = f'<html><body><{tag} {place.attribute}="{value}">x</{tag}></body></html>'
-        out = _tostring(html)
+        page = f'<html><body><{tag} {place.attribute}="{value}">x</{tag}></body></html>'
+        out = _tostring(page)
         start = out.index(f'{place.attribute}="') + len(place.attribute) + 2
         return out[start : out.index('">x<', start)]
 
     def _slow(self, doc: Slotted) -> tuple[str, str]:
         self.stats.slow += 1
-        html = self._inline(doc.document())
-        return html, self._to_text(html)
+        inlined = self._inline(doc.document())
+        return inlined, self._to_text(inlined)
 
     def _text(self, entry: _Entry, values: tuple[str, ...]) -> str:
         if entry.text is None:
