@@ -9,18 +9,19 @@ with a token in place of each value, and each recipient's HTML is the inlined sk
 with the tokens replaced by the values as premailer would have written them.
 
 That is exactly premailer's output only where a value cannot change what premailer does.
-A skeleton is used only if every token sits in plain text (not in ``<style>``, ``<script>``
-or a comment) or in an attribute that no selector or premailer rule reads (``class``,
-``id``, ``style``, presentational attributes and attributes named in ``[attr]`` selectors
-are out; ``href``/``src`` only behind an absolute URL prefix when links are rewritten
-against a base URL), and if the CSS has no text-dependent selector (``:empty``,
-``:contains``). Values that are empty or blank, or hold markup (``|safe``), stay in the
-skeleton as they are; a value whose characters a parser might treat specially (control
-characters, CR) or that holds quotes in an attribute, takes the slow path. Each value is
-serialised by lxml itself, in the same kind of place, so escaping (``&amp;``, and the
-URI-escaping libxml2 applies to ``href``) matches. Finally the first uses of every
-skeleton are checked against premailer on the real document; one difference and that
-skeleton is never used again.
+A token may stand in plain text or a comment, or in an attribute that no selector or
+premailer rule reads. A value anywhere else (a ``class``, ``id`` or ``style``, a
+presentational attribute, an attribute named in an ``[attr]`` selector, ``<style>``,
+``<script>``, ``<title>``, the start of a link premailer joins to the base URL) is kept
+in the skeleton as it is, and so becomes part of the cache key: ``class="{{ 'vip' if
+member }}"`` costs one premailer run per distinct class. CSS with a text-dependent
+selector (``:empty``, ``:contains``) turns the cache off for that skeleton. Values that
+are empty or blank, or hold markup (``|safe``), stay in the skeleton too; a value whose
+characters a parser might treat specially (control characters, CR), or that holds quotes
+in an attribute, takes the slow path. Each value is serialised by lxml itself, in the
+same kind of place, so escaping (``&amp;``, and the URI-escaping libxml2 applies to
+``href``) matches. Finally the first uses of every skeleton are checked against premailer
+on the real document; one difference and that skeleton is never used again.
 """
 
 from __future__ import annotations
