@@ -105,7 +105,12 @@ class Journal(Opened):
 
     def open(self) -> None:
         """Create or open the journal; refuse if another run of this campaign holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot create the journal's folder: {exc.strerror}", where=Location(self.path)
+            ) from None
         if self._lock is not None:
             try:
                 self._lock.acquire(timeout=0)

@@ -77,9 +77,15 @@ class PreviewTransport(Opened):
                 where=Location(self.out),
             )
         shutil.rmtree(self._staging, ignore_errors=True)
-        self._staging.mkdir(parents=True)
-        (self._staging / MARKER).write_text("written by bulkmail --dry-run\n", encoding="utf-8")
-        self._index = (self._staging / "index.html").open("w", encoding="utf-8")
+        try:
+            self._staging.mkdir(parents=True)
+            marker = self._staging / MARKER
+            marker.write_text("written by bulkmail --dry-run\n", encoding="utf-8")
+            self._index = (self._staging / "index.html").open("w", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write previews here: {exc.strerror}", where=Location(self.out)
+            ) from None
         self._index.write(_HEAD.render(name=self.name))
 
     def send(self, mail: OutgoingMail) -> str:

@@ -280,6 +280,9 @@ def _compile_file(
             raise TemplateError(
                 f"{exc.name!r} is not in the template folder", where=Location(path)
             ) from None
+        except UnicodeDecodeError:
+            found = next((f / current for f in folders if (f / current).is_file()), path)
+            raise TemplateError("not UTF-8 text; save it as UTF-8", where=Location(found)) from None
         first = first or template
         compiled[f"file:{current}"] = template
         pending.extend(ref for ref in references if ref is not None)

@@ -245,10 +245,7 @@ def send_campaign(
         if confirm is not None and not confirm(plan):
             raise CampaignError("cancelled")
         if transport is None:
-            assert campaign.smtp is not None
-            if password is None:
-                password = resolve_password(campaign.smtp, prompt=prompt)
-            transport = SMTPTransport(campaign.smtp, password=password)
+            transport = _smtp_transport(campaign, password, prompt)
         _deliver(
             campaign,
             journal,
@@ -365,6 +362,17 @@ def _deliver(
         journal.finish_run(outcome)
 
 
+def _smtp_transport(
+    campaign: Campaign, password: str | None, prompt: Callable[[str], str] | None
+) -> SMTPTransport:
+    """The campaign's SMTP transport, with ``password`` or the one its settings point to."""
+    if campaign.smtp is None:
+        raise ConfigError("no 'smtp:' settings: add them to send", where=Location(campaign.path))
+    if password is None:
+        password = resolve_password(campaign.smtp, prompt=prompt)
+    return SMTPTransport(campaign.smtp, password=password)
+
+
 def send_test(
     campaign: Campaign | str | Path,
     *,
@@ -403,13 +411,7 @@ def send_test(
     test_recipient = dataclasses.replace(recipient, email=address, name="")
     mail = builder.build(1, test_recipient, rendered)
     if transport is None:
-        if campaign.smtp is None:
-            raise ConfigError(
-                "no 'smtp:' settings: add them to send", where=Location(campaign.path)
-            )
-        if password is None:
-            password = resolve_password(campaign.smtp, prompt=prompt)
-        transport = SMTPTransport(campaign.smtp, password=password)
+        transport = _smtp_transport(campaign, password, prompt)
     with transport:
         transport.send(mail)
     return mail

@@ -115,6 +115,10 @@ CASES: dict[str, tuple[Callable[[CampaignDir], object], list[str]]] = {
             "nothing was sent.",
         ],
     ),
+    "template that is not UTF-8": (
+        lambda c: (c.templates / "issue.html").write_bytes("<p>Ren\xe9</p>".encode("latin-1")),
+        ["error: templates/issue.html: not UTF-8 text; save it as UTF-8", "nothing was sent."],
+    ),
     "missing email column": (
         lambda c: c.csv([{"mail": "a@example.com", "first_name": "A"}]),
         [
@@ -260,3 +264,20 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["check", "--bogus", "x.yaml"])
     assert result.exit_code == 2
     assert "No such option: --bogus" in result.stderr
+
+
+def test_preview_folder_that_cannot_be_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = CampaignDir(tmp_path)
+    c.write()
+    c.file("blocker", b"a file where a folder would have to be")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(
+        app, ["run", "campaigns/test.yaml", "--dry-run", "--out", "campaigns/blocker/previews"]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "error: campaigns/blocker/previews: cannot write previews here: Not a directory",
+        "nothing was sent.",
+    ]
