@@ -9,9 +9,13 @@ Per mail, the outcome is one of:
 - :class:`RecipientRefused` ``permanent=True``: 5xx for this recipient (or it needs
   SMTPUTF8 and the server has none); the batch goes on;
 - :class:`RecipientRefused` ``permanent=False``: still 4xx after every retry;
-- :class:`DeliveryUncertain`: the connection died after the whole mail was sent and
-  before the server answered, so it may have been delivered;
+- :class:`DeliveryUncertain`: the connection died (or no reply came) after the whole
+  mail was sent, so it may have been delivered;
+- :class:`SendCancelled`: a stop was asked while waiting to try the mail again; not sent;
 - :class:`ConnectError`, :class:`TLSError`, :class:`AuthError`: stop the batch.
+
+No password is sent without TLS to a host other than this machine unless the settings
+allow it (:meth:`SmtpSettings.plaintext_auth_problem`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,15 @@ _FOREIGN_ERRORS = (smtplib.SMTPException, OSError)
 _MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")
 # A server that hangs must not hold up the end of a run (after a second Ctrl-C) for long.
 _QUIT_TIMEOUT = 3.0
+# The longest wait for the server's first words (or the TLS handshake of implicit TLS),
+# whatever `timeout` says: a server greets at once, and one that stays silent is usually
+# an implicit-TLS port spoken to in clear (security: starttls against 465), which waits
+# for the client's TLS hello for ever. Deliberate greeting delays stay under this.
+GREETING_TIMEOUT = 10.0
+# OpenSSL's reasons when the answer to a TLS hello was not TLS (an SMTP greeting in clear).
+_NOT_TLS = {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"}
+# The command whose reply a stage of connecting waits for, for "no reply to ... within".
+_STAGE_COMMANDS = {"connect": "EHLO", "starttls": "STARTTLS", "login": "AUTH"}
 
 
 class DeliveryUncertain(ConnectError):
@@ -52,6 +65,13 @@ class DeliveryUncertain(ConnectError):
     def __init__(self, message: str, *, recipient: str) -> None:
         super().__init__(message)
         self.recipient = recipient
+
+
+class SendCancelled(Exception):
+    """A stop was asked while the transport waited to try a mail again: it was not sent.
+
+    Not a DeliveryError: nothing went wrong with the server, the run is being stopped.
+    """
 
 
 def resolve_password(
@@ -182,13 +202,52 @@ class _Dropped(Exception):
         self.reason = reason
 
 
+class _Client(smtplib.SMTP):
+    """smtplib's client, waiting at most ``greeting_timeout`` for the server's first words
+    (and, given a context, speaking TLS from the first byte, as smtplib.SMTP_SSL does).
+
+    ``phase`` says how far connecting got, for the error message if it fails there.
+    """
+
+    def __init__(
+        self, settings: SmtpSettings, tls: ssl.SSLContext | None, greeting_timeout: float
+    ) -> None:
+        super().__init__(local_hostname=settings.local_hostname, timeout=settings.timeout)
+        # smtplib names the server for the certificate check (implicit TLS and STARTTLS)
+        # only after a host given to its constructor, which would connect at once: before
+        # the greeting could have a timeout of its own.
+        self._host = settings.host
+        self._tls = tls
+        self._greeting_timeout = greeting_timeout
+        self.phase: Literal["connect", "handshake", "greeting"] = "connect"
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # smtplib's own hook (SMTP_SSL overrides it the same way), called by connect().
+        sock = socket.create_connection((host, port), timeout, self.source_address)
+        sock.settimeout(self._greeting_timeout)
+        if self._tls is not None:
+            self.phase = "handshake"
+            try:
+                sock = self._tls.wrap_socket(sock, server_hostname=self._host)
+            except BaseException:
+                sock.close()
+                raise
+        self.phase = "greeting"
+        return sock
+
+
 class SMTPTransport(Opened):
     """Send mails through one SMTP connection, opened and logged into once.
 
     Reconnects (and logs in again) when the server drops the connection, answers 421
     or ``settings.max_per_connection`` mails went through one connection, then carries
     on with the same mail. 4xx replies are retried after each of ``retry_delays``.
-    ``on_event(name, info)`` hears of "connect", "login", "reconnect" and "retry".
+    ``on_event(name, info)`` hears of "connect", "login", "reconnect" and "retry"
+    (:func:`event_text` says them in words). ``sleep`` waits before a retry or a repeated
+    reconnect; when it returns True (as ``threading.Event.wait`` does once the event is
+    set) the wait was cut short by a stop: the mail is given up with SendCancelled.
+    The server's greeting is awaited at most ``greeting_timeout`` seconds (or
+    ``settings.timeout`` if shorter); every later reply, ``settings.timeout``.
 
     >>> with SMTPTransport(settings, password=resolve_password(settings)) as smtp:
     ...     reply = smtp.send(mail)
@@ -202,8 +261,9 @@ class SMTPTransport(Opened):
         ssl_context: ssl.SSLContext | None = None,
         retry_delays: Sequence[float] = (1, 2, 4),
         max_reconnects: int = 3,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], bool | None] = time.sleep,
         on_event: EventHandler | None = None,
+        greeting_timeout: float = GREETING_TIMEOUT,
     ) -> None:
         if settings.security not in ("ssl", "starttls", "none"):
             raise ValueError(f"unknown security {settings.security!r}")
@@ -214,6 +274,7 @@ class SMTPTransport(Opened):
         self._max_reconnects = max_reconnects
         self._sleep = sleep
         self._on_event = on_event
+        self._greeting_timeout = greeting_timeout
         self._smtp: smtplib.SMTP | None = None
         # Transactions begun on this connection, refused ones included: a server that
         # limits mails per connection usually counts MAIL commands.
@@ -231,6 +292,11 @@ class SMTPTransport(Opened):
         return f"{self.settings.host}:{self.settings.port}"
 
     @property
+    def greeting_timeout(self) -> float:
+        """Seconds to wait for the server's first words: a silent server is a wrong port."""
+        return min(self.settings.timeout, self._greeting_timeout)
+
+    @property
     def socket(self) -> socket.socket | None:
         """The current connection's socket (an SSLSocket once TLS is on), for diagnostics."""
         return self._smtp.sock if self._smtp is not None else None
@@ -246,7 +312,8 @@ class SMTPTransport(Opened):
         """Deliver ``mail`` to its one recipient; return the server's 2xx reply.
 
         Raises RecipientRefused for this recipient only; DeliveryUncertain if the outcome
-        cannot be known; ConnectError, TLSError or AuthError when the batch must stop.
+        cannot be known; SendCancelled if a stop cut a wait short (the mail was not sent);
+        ConnectError, TLSError or AuthError when the batch must stop.
         """
         payload = _dot_stuff(mail.data)
         retries = drops = 0
@@ -275,7 +342,7 @@ class SMTPTransport(Opened):
                     delay=delay,
                     attempt=retries,
                 )
-                self._sleep(delay)
+                self._wait(delay, mail)
                 continue
             raise self._refusal(mail, reply, retries)
 
@@ -287,6 +354,9 @@ class SMTPTransport(Opened):
 
     def _connect(self) -> None:
         s = self.settings
+        problem = s.plaintext_auth_problem()
+        if problem is not None:  # before connecting: nothing at all goes to that host
+            raise AuthError(f"{self.where}: {problem}")
         if s.username is not None and self._password is None:
             raise AuthError(_missing_password(s))
         smtp = self._new_client()
@@ -306,6 +376,14 @@ class SMTPTransport(Opened):
             )
             if s.username is not None:
                 self._login(smtp, s.username)
+        except DeliveryError as exc:
+            if _in_step(exc):
+                # The server answered (535 to AUTH, no STARTTLS...): end the session as
+                # RFC 5321 asks, so its log shows a QUIT, not a client that vanished
+                # after AUTH, which some servers count toward blocking the address.
+                self._say_quit(smtp)
+            smtp.close()
+            raise
         except BaseException:
             smtp.close()
             raise
@@ -316,20 +394,42 @@ class SMTPTransport(Opened):
     def _new_client(self) -> smtplib.SMTP:
         """A client connected for the configured security, greeting read."""
         s = self.settings
-        # The host goes to the constructor, not to a later connect(): smtplib remembers
-        # it there only, for the certificate check of STARTTLS (else "check_hostname
-        # requires server_hostname").
         context = self._context() if s.security == "ssl" else None
-        with self._translating("connect"):
-            if context is not None:
-                return smtplib.SMTP_SSL(
-                    s.host,
-                    s.port,
-                    local_hostname=s.local_hostname,
-                    timeout=s.timeout,
-                    context=context,
+        client = _Client(s, context, self.greeting_timeout)
+        try:
+            code, message = client.connect(s.host, s.port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, message)
+        except BaseException as exc:
+            client.close()
+            if isinstance(exc, _FOREIGN_ERRORS):
+                raise self._connect_failure(exc, client.phase) from exc
+            raise
+        assert client.sock is not None
+        client.sock.settimeout(s.timeout)  # from now on, the wait for every reply
+        return client
+
+    def _connect_failure(self, exc: BaseException, phase: str) -> DeliveryError:
+        """What went wrong while connecting, with the likely fix when the security setting
+        does not match the port."""
+        wait = f"{self.greeting_timeout:g} s"
+        if phase == "greeting" and _timed_out(exc):
+            hint = ""
+            if self.settings.security != "ssl":
+                hint = (
+                    "; if this port expects TLS from the first byte (as 465 does),"
+                    " use `security: ssl`"
                 )
-            return smtplib.SMTP(s.host, s.port, local_hostname=s.local_hostname, timeout=s.timeout)
+            return ConnectError(f"{self.where}: no greeting within {wait}{hint}")
+        if phase == "handshake" and isinstance(exc, ssl.SSLError) and exc.reason in _NOT_TLS:
+            reason = str(exc.reason).lower().replace("_", " ")
+            return TLSError(
+                f"{self.where}: TLS failed: {reason}: this port does not start with TLS;"
+                " use `security: starttls` (or `none` for a local relay on port 25)"
+            )
+        if phase == "handshake" and isinstance(exc, TimeoutError):
+            return ConnectError(f"{self.where}: no reply to the TLS handshake within {wait}")
+        return translate_error(exc, where=self.where, stage="connect")
 
     def _context(self) -> ssl.SSLContext:
         """The one verifying SSL context of this transport, created on first use."""
@@ -371,7 +471,12 @@ class SMTPTransport(Opened):
         limit = self.settings.max_per_connection
         if self._smtp is not None and limit and self._sent_on_connection >= limit:
             self._quit()
-            self._emit("reconnect", reason=f"max_per_connection ({limit}) reached", attempt=1)
+            self._emit(
+                "reconnect",
+                reason=f"{limit} mails sent on one connection (max_per_connection)",
+                attempt=1,
+                planned=True,
+            )
         if self._smtp is None:
             self._connect()
         assert self._smtp is not None
@@ -384,9 +489,16 @@ class SMTPTransport(Opened):
                 f"{self.where}: the connection was lost {drops} times while sending to"
                 f" {mail.recipient.email}; last: {reason}"
             )
-        self._emit("reconnect", reason=f"{self.where}: {reason}", attempt=drops)
+        self._emit("reconnect", reason=reason, attempt=drops)
         if drops > 1 and self._retry_delays:
-            self._sleep(self._retry_delays[min(drops - 2, len(self._retry_delays) - 1)])
+            self._wait(self._retry_delays[min(drops - 2, len(self._retry_delays) - 1)], mail)
+
+    def _wait(self, seconds: float, mail: OutgoingMail) -> None:
+        """Wait before trying ``mail`` again; a stop asked meanwhile gives it up, unsent."""
+        if self._sleep(seconds):
+            raise SendCancelled(
+                f"{mail.recipient.email}: not sent: the run was stopped while waiting to retry"
+            )
 
     def _discard_connection(self) -> None:
         smtp, self._smtp = self._smtp, None
@@ -395,8 +507,11 @@ class SMTPTransport(Opened):
 
     def _quit(self) -> None:
         smtp, self._smtp = self._smtp, None
-        if smtp is None:
-            return
+        if smtp is not None:
+            self._say_quit(smtp)
+
+    def _say_quit(self, smtp: smtplib.SMTP) -> None:
+        """QUIT, waiting a few seconds at most for the reply, then close."""
         try:
             # The server may be gone already; then there is nothing left to tell it.
             with contextlib.suppress(*_FOREIGN_ERRORS):
@@ -411,18 +526,14 @@ class SMTPTransport(Opened):
     def _transaction(self, smtp: smtplib.SMTP, mail: OutgoingMail, payload: bytes) -> _Reply:
         """MAIL, RCPT, DATA for one mail. Raises _Dropped when the mail can safely be resent."""
         options = self._mail_options(smtp, mail)
-        try:
-            if self._needs_rset:
-                # listmonk #300/#1192: without RSET every later mail got "503 sender
-                # already specified" after one refused recipient.
-                self._check(_Reply.of("RSET", smtp.rset()))
-                self._needs_rset = False
-            self._sent_on_connection += 1
-            self._needs_rset = True  # until the server accepts this mail
-            reply = self._exchange(smtp, mail, options, payload)
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            error = translate_error(exc, where=self.where, stage="send")
-            raise _Dropped(error.message.removeprefix(f"{self.where}: ")) from exc
+        if self._needs_rset:
+            # listmonk #300/#1192: without RSET every later mail got "503 sender
+            # already specified" after one refused recipient.
+            self._check(self._command("RSET", smtp.rset))
+            self._needs_rset = False
+        self._sent_on_connection += 1
+        self._needs_rset = True  # until the server accepts this mail
+        reply = self._exchange(smtp, mail, options, payload)
         self._check(reply)
         self._needs_rset = not reply.accepted
         return reply
@@ -430,28 +541,55 @@ class SMTPTransport(Opened):
     def _exchange(
         self, smtp: smtplib.SMTP, mail: OutgoingMail, options: list[str], payload: bytes
     ) -> _Reply:
-        reply = _Reply.of("MAIL FROM", smtp.mail(mail.sender, options))
+        reply = self._command("MAIL FROM", lambda: smtp.mail(mail.sender, options))
         if not reply.accepted:
             return reply
-        reply = _Reply.of("RCPT TO", smtp.rcpt(mail.recipient.email))
+        reply = self._command("RCPT TO", lambda: smtp.rcpt(mail.recipient.email))
         if not reply.accepted:
             return reply
-        reply = _Reply.of("DATA", smtp.docmd("DATA"))
+        reply = self._command("DATA", lambda: smtp.docmd("DATA"))
         if reply.code != 354:
             return reply
         # smtplib's data() sends and reads the reply in one call; they are separate here
         # because a drop while sending means "not delivered" but a drop while waiting for
         # the reply means "maybe delivered".
-        smtp.send(payload)
         try:
-            return _Reply.of("end of DATA", smtp.getreply())
+            smtp.send(payload)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            if _timed_out(exc):
+                raise _Dropped(f"the server took no data for {self._wait_text}") from exc
+            raise _Dropped(self._lost(exc, "DATA")) from exc
+        try:
+            return _Reply.of("end of data", smtp.getreply())
         except smtplib.SMTPServerDisconnected as exc:
+            if _timed_out(exc):
+                what = f"no reply to end of data within {self._wait_text}"
+            else:
+                what = "the connection was lost"
             raise DeliveryUncertain(
-                f"{self.where}: the connection was lost after the mail to"
-                f" {mail.recipient.email} was sent, before the server confirmed it;"
-                " it may or may not have been delivered",
+                f"{self.where}: {what} after the mail to {mail.recipient.email} was sent;"
+                " the server did not confirm it, so it may or may not have been delivered",
                 recipient=mail.recipient.email,
             ) from exc
+
+    def _command(self, command: str, call: Callable[[], tuple[int, bytes]]) -> _Reply:
+        """Send one command and read its reply; raises _Dropped if none came."""
+        try:
+            return _Reply.of(command, call())
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise _Dropped(self._lost(exc, command)) from exc
+
+    def _lost(self, exc: BaseException, command: str) -> str:
+        """Why ``command`` got no reply, for the reconnect note and the final error."""
+        if _timed_out(exc):
+            return f"no reply to {command} within {self._wait_text}"
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            return "the server closed the connection"
+        return _os_reason(exc)
+
+    @property
+    def _wait_text(self) -> str:
+        return f"{self.settings.timeout:g} s"
 
     def _check(self, reply: _Reply) -> None:
         """A 421 means the server is closing the connection: reconnect and try again."""
@@ -496,6 +634,13 @@ class SMTPTransport(Opened):
         try:
             yield
         except _FOREIGN_ERRORS as exc:
+            command = _STAGE_COMMANDS.get(stage)
+            if command is not None and _timed_out(exc):
+                if stage == "starttls" and isinstance(exc, TimeoutError):
+                    command = "the TLS handshake"  # the reply to STARTTLS came, then silence
+                raise ConnectError(
+                    f"{self.where}: no reply to {command} within {self._wait_text}"
+                ) from exc
             raise translate_error(
                 exc, where=where or self.where, stage=stage, username=username
             ) from exc
@@ -503,6 +648,37 @@ class SMTPTransport(Opened):
     def _emit(self, name: str, **info: Any) -> None:
         if self._on_event is not None:
             self._on_event(name, info)
+
+
+def event_text(name: str, info: Mapping[str, Any], *, where: str) -> str | None:
+    """The transport event ``name`` in one line for a person, or None for routine ones
+    (connecting, logging in, a reconnect planned by max_per_connection)."""
+    if name == "reconnect" and not info.get("planned"):
+        return f"reconnecting to {where} ({info['reason']})..."
+    if name == "retry":
+        return (
+            f"{info['code']} from {where} for {info['recipient']}: retrying in {info['delay']:g} s"
+        )
+    return None
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is a wait for the server that ran out (smtplib reports one as a
+    disconnection, with the timeout as its context)."""
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return isinstance(exc.__context__, TimeoutError)
+    return isinstance(exc, TimeoutError)
+
+
+def _in_step(exc: DeliveryError) -> bool:
+    """Whether the server answered the last command, so that it would understand a QUIT
+    (not so after a lost connection, a timeout or a TLS handshake gone wrong)."""
+    cause = exc.__cause__
+    if cause is None:
+        return True  # refused by bulkmail itself after the server's reply
+    return isinstance(cause, smtplib.SMTPException) and not isinstance(
+        cause, smtplib.SMTPServerDisconnected
+    )
 
 
 def _set_nodelay(smtp: smtplib.SMTP) -> None:
