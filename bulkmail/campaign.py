@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from bulkmail.models import (
 TOP_KEYS = (
     "name", "from", "reply_to", "subject", "template", "text_template", "recipients",
     "data", "attachments", "unsubscribe", "suppress", "smtp", "rate", "preview",
-    "base_url", "headers",
+    "base_url", "headers", "allow_special_domains",
 )  # fmt: skip
 REQUIRED = ("from", "subject", "template", "recipients")
 SMTP_KEYS = (
@@ -44,6 +45,81 @@ _RESERVED_HEADERS = {
     "x-bulkmail-campaign",
 }  # fmt: skip
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext
+# What EHLO may carry (RFC 5321 4.1.1.1): a host name or an address literal, one word.
+_EHLO_NAME = re.compile(r"[A-Za-z0-9_.-]+|\[[A-Za-z0-9:.]+\]")
+# How many values aliases may add to a campaign file's YAML (a hand-written campaign has a
+# few hundred in all); a "billion laughs" file is refused at once.
+MAX_ALIASED_VALUES = 100_000
+# How deep lists and mappings may nest: far more than any campaign needs, and shallow enough
+# that composing and constructing (both recursive) stay within Python's recursion limit.
+MAX_YAML_DEPTH = 100
+
+
+class _YamlLimit(Exception):
+    """A YAML alias that can't be allowed, with where it stands."""
+
+    def __init__(self, message: str, mark: Any) -> None:  # a yaml Mark, or None
+        super().__init__(message)
+        self.message = message
+        self.line: int | None = mark.line + 1 if mark is not None else None
+
+
+class _GuardedLoader(yaml.SafeLoader):
+    """The safe loader, checking each alias as the node graph is composed.
+
+    Composing keeps an alias as a second reference to its anchor's node, so it is cheap;
+    what expands it (constructing, printing, rendering) is not. So each node's expanded
+    size is counted as it completes (its children's sizes are known by then) and compared
+    with the number of values written so far; and an alias to a node that is still being
+    composed is a cycle. Both are caught before any value exists.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}  # id(node) -> values it expands to, once complete
+        self._written = 0  # nodes composed so far, not counting aliases
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event: yaml.AliasEvent = self.peek_event()  # type: ignore[no-untyped-call]
+            target = self.anchors.get(event.anchor)
+            if target is not None and id(target) not in self._sizes:
+                raise _YamlLimit(
+                    "a YAML alias refers to the value that contains it (a recursive alias)",
+                    event.start_mark,
+                )
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _YamlLimit(
+                f"lists and mappings nested more than {MAX_YAML_DEPTH} deep",
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+            )
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        assert node is not None  # None only at the end of the stream, never asked for here
+        self._written += 1
+        size = 1 + sum(self._sizes[id(child)] for child in _children(node))
+        if size > self._written + MAX_ALIASED_VALUES:
+            raise _YamlLimit(
+                f"YAML aliases expand this value by more than {MAX_ALIASED_VALUES:,} values "
+                "(an alias bomb?); write the values out instead",
+                node.start_mark,
+            )
+        self._sizes[id(node)] = size
+        return node
+
+
+def _children(node: yaml.Node) -> Iterator[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        yield from node.value
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield key
+            yield value
 
 
 @dataclass(frozen=True)
@@ -96,6 +172,9 @@ class _Node:
     def number(self, *, minimum: float, integer: bool = False) -> float:
         value = self.value() if isinstance(self.node, yaml.ScalarNode) else None
         kind = int if integer else (int, float)
+        if isinstance(value, float) and not math.isfinite(value):
+            # .nan passes every comparison, .inf every minimum: neither is a rate or a time.
+            raise self.error(f"must be a finite number, not {self._kind()}")
         if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
             what = "a whole number" if integer else "a number"
             raise self.error(f"must be {what} of at least {minimum:g}, not {self._kind()}")
@@ -150,7 +229,9 @@ def load_campaign(path: str | Path) -> Campaign:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the campaign file: {exc}", where=Location(path)) from exc
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_GuardedLoader)
+    except _YamlLimit as exc:
+        raise ConfigError(exc.message, where=Location(path, exc.line)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -183,9 +264,11 @@ def _build(root: _Node, path: Path) -> Campaign:
         else (base / "previews" / path.stem).resolve()
     )
     data = opt("data", _data) or {}
-    name = opt("name", _Node.text) or path.stem
+    name = opt("name", _Node.text) or _name_from_file(path)
     if not re.fullmatch(r"[\w.-]+", name):
         raise keys["name"].error(f"{name!r}: use letters, digits, '.', '-' and '_' only")
+    recipients, recipients_delimiter = _csv_file(keys["recipients"], base)
+    suppress, suppress_delimiter = opt("suppress", lambda n: _csv_file(n, base)) or (None, None)
     return Campaign(
         path=path,
         name=name,
@@ -194,11 +277,14 @@ def _build(root: _Node, path: Path) -> Campaign:
         subject=keys["subject"].text(),
         template=keys["template"].file(base),
         text_template=opt("text_template", lambda n: n.file(base)),
-        recipients=keys["recipients"].file(base),
+        recipients=recipients,
+        recipients_delimiter=recipients_delimiter,
         data=data,
         attachments=tuple(opt("attachments", lambda n: _attachments(n, base)) or ()),
         unsubscribe=opt("unsubscribe", _unsubscribe),
-        suppress=opt("suppress", lambda n: n.file(base)),
+        suppress=suppress,
+        suppress_delimiter=suppress_delimiter,
+        allow_special_domains=bool(opt("allow_special_domains", _flag)),
         smtp=opt("smtp", lambda n: _smtp(n, base)),
         rate=opt("rate", _rate) or DEFAULT_RATE,
         preview_out=preview_out,
@@ -209,6 +295,57 @@ def _build(root: _Node, path: Path) -> Campaign:
     )
 
 
+def _name_from_file(path: Path) -> str:
+    """The campaign's name when it sets none: the file's, with other characters as '-'."""
+    name = re.sub(r"[^\w.-]+", "-", path.stem).strip("-.")
+    if not name:
+        raise ConfigError(
+            "cannot make a campaign name from the file name; add name: (letters, digits, "
+            "'.', '-' and '_')",
+            where=Location(path, field="name"),
+        )
+    return name
+
+
+def _flag(node: _Node) -> bool:
+    value = node.value() if isinstance(node.node, yaml.ScalarNode) else None
+    if not isinstance(value, bool):
+        raise node.error(f"must be true or false, not {node._kind()}")
+    return value
+
+
+def _csv_file(node: _Node, base: Path) -> tuple[Path, str | None]:
+    """A CSV file setting: a path, or ``{path: ..., delimiter: ";"}``."""
+    if not isinstance(node.node, yaml.MappingNode):
+        return node.file(base), None
+    fields = node.mapping(("path", "delimiter"))
+    if "path" not in fields:
+        raise node.error("needs a 'path'")
+    delimiter = _delimiter(fields["delimiter"]) if "delimiter" in fields else None
+    return fields["path"].file(base), delimiter
+
+
+def _delimiter(node: _Node) -> str:
+    # Not .text(): that would strip a tab.
+    value = node.value() if isinstance(node.node, yaml.ScalarNode) else None
+    if not isinstance(value, str) or len(value) != 1 or value in '"\r\n':
+        raise node.error(
+            "must be one character other than a quote or a line break, e.g. ';' or '\\t', "
+            f"not {node._kind()}"
+        )
+    return value
+
+
+def _hostname(node: _Node) -> str:
+    name = node.text()
+    if not _EHLO_NAME.fullmatch(name):
+        raise node.error(
+            f"{name!r}: must be a host name (letters, digits, '.', '-') or an address literal "
+            "such as [192.0.2.1], with no spaces or line breaks"
+        )
+    return name
+
+
 def _data(node: _Node) -> dict[str, Any]:
     return {key: value.value() for key, value in node.mapping(None).items()}
 
@@ -216,6 +353,7 @@ def _data(node: _Node) -> dict[str, Any]:
 def _attachments(node: _Node, base: Path) -> list[AttachmentSpec]:
     specs = []
     for item in node.items():
+        folder = None
         if isinstance(item.node, yaml.ScalarNode):
             path_node, filename = item, None
         else:
@@ -228,10 +366,25 @@ def _attachments(node: _Node, base: Path) -> list[AttachmentSpec]:
         templated = bool(_JINJA.search(raw))
         if templated:
             resolved = raw if Path(raw).is_absolute() else str(base / raw)
+            folder = _template_folder(raw, base)
         else:
             resolved = str(path_node.file(base))
-        specs.append(AttachmentSpec(resolved, filename, item.where(), templated))
+        specs.append(
+            AttachmentSpec(resolved, filename, item.where(), templated, written=raw, folder=folder)
+        )
     return specs
+
+
+def _template_folder(raw: str, base: Path) -> Path:
+    """The folder a templated path names before its first ``{{``/``{%``: what each
+    recipient's path must stay in. ``files/{{ id }}.pdf`` -> ``files/``."""
+    match = _JINJA.search(raw)
+    literal = raw[: match.start()] if match else raw
+    folder = literal[: literal.rfind("/") + 1]  # "" without a slash: the campaign's folder
+    try:
+        return (base / Path(folder).expanduser()).resolve()
+    except RuntimeError:  # ~user of no such user
+        return (base / folder).resolve()
 
 
 def _unsubscribe(node: _Node) -> Unsubscribe:
@@ -283,7 +436,7 @@ def _smtp(node: _Node, base: Path) -> SmtpSettings:
         password_env=password_env,
         timeout=float(get("timeout", lambda n: n.number(minimum=0.1)) or 30.0),
         ca_file=get("ca_file", lambda n: n.file(base)),
-        local_hostname=get("local_hostname", _Node.text),
+        local_hostname=get("local_hostname", _hostname),
         max_per_connection=max_per,
     )
 

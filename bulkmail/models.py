@@ -41,12 +41,19 @@ class Rate:
 
 @dataclass(frozen=True)
 class AttachmentSpec:
-    """One attachment entry of the campaign; ``path`` may be a Jinja template."""
+    """One attachment entry of the campaign; ``path`` may be a Jinja template.
+
+    A templated path is rendered from ``written`` (the path as the campaign file has it),
+    and what it renders to must lie inside ``folder``: the folder named by the literal part
+    before the first ``{{``, so CSV data can pick a file there but never leave it.
+    """
 
     path: str
     filename: str | None
     where: Location
     templated: bool
+    written: str = ""
+    folder: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,11 @@ class Campaign:
     rate: Rate = field(default_factory=lambda: Rate(per_second=None))
     base_url: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # The CSV delimiters if the campaign sets them (None: found from the header line).
+    recipients_delimiter: str | None = None
+    suppress_delimiter: str | None = None
+    # Accept .test, .local, localhost and other special-use domains (intranets, test servers).
+    allow_special_domains: bool = False
     # Where each top-level setting was written, for error messages.
     where: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
@@ -103,9 +115,13 @@ class Recipient:
 
 
 def address_key(address: str) -> str:
-    """The identity of a normalised address: the domain compared case-insensitively."""
-    local, _, domain = address.rpartition("@")
-    return f"{local}@{domain.lower()}"
+    """The identity of a normalised address: the whole address compared case-insensitively.
+
+    RFC 5321 lets a server treat ``Bob@`` and ``bob@`` as two mailboxes, but no provider
+    does, and people type their address in any case: a suppression must stop every
+    spelling, and one person must not be mailed twice. The address is sent as written.
+    """
+    return address.lower()
 
 
 @dataclass(frozen=True)

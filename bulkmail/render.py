@@ -11,6 +11,7 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+import jinja2.sandbox
 
 from bulkmail.errors import AttachmentError, Location, TemplateError, display_path
 from bulkmail.inline import Inliner, PremailerInliner
@@ -49,7 +50,12 @@ def _template_line(tb: TracebackType | None, files: set[str]) -> tuple[str, int]
 
 
 def _environment(folders: list[Path], *, html: bool, marked: bool = False) -> jinja2.Environment:
-    return jinja2.Environment(
+    """A sandboxed environment: templates are often written by someone other than the
+    person who runs the send, so they may read their variables but not reach Python
+    (``cycler.__init__.__globals__``...) nor change the campaign data shared by every
+    recipient (``articles.pop()``). A refused access raises SecurityError, which is a
+    jinja2.TemplateError and so reported with the template line and the row."""
+    return jinja2.sandbox.ImmutableSandboxedEnvironment(
         loader=jinja2.FileSystemLoader(folders),
         undefined=jinja2.StrictUndefined,
         autoescape=html,
@@ -83,6 +89,12 @@ class Renderer:
         self._files = {
             t.filename for key, t in templates.items() if key.startswith("file:") and t.filename
         }
+        # The variables each per-recipient attachment path is made of, to name in errors.
+        self._path_fields = {
+            index: _variables(spec.written or spec.path)
+            for index, spec in enumerate(campaign.attachments)
+            if spec.templated
+        }
 
     @classmethod
     def load(
@@ -115,7 +127,7 @@ class Renderer:
             )
         for index, spec in enumerate(campaign.attachments):
             if spec.templated:
-                one_line(f"attachment{index}", spec.path, spec.where)
+                one_line(f"attachment{index}", spec.written or spec.path, spec.where)
             if spec.filename:
                 one_line(f"filename{index}", spec.filename, spec.where)
         if inliner is None:
@@ -163,6 +175,12 @@ class Renderer:
         if unsubscribe_url is not None:
             context["unsubscribe_url"] = unsubscribe_url
         subject = self._one_line("subject", context, row, "subject") or ""
+        if not subject:
+            raise TemplateError(
+                "renders empty; every mail needs a subject",
+                where=Location(self.campaign.path, self._line("subject"), "subject"),
+                row=row,
+            )
         html, text = self._html_and_text(context, row)
         if "text" in self._t:
             text = self._render("text", context, row)
@@ -232,8 +250,7 @@ class Renderer:
         files = []
         for index, spec in enumerate(self.campaign.attachments):
             if spec.templated:
-                raw = self._one_line(f"attachment{index}", context, row, "attachments") or ""
-                path = Path(raw)
+                path = self._attachment_path(index, context, row)
                 if not path.is_file():
                     raise AttachmentError(
                         f"{display_path(path)}: no such file", where=spec.where, row=row
@@ -244,6 +261,35 @@ class Renderer:
                 continue
             files.append((index, path, self.filename(index, context, row) or path.name))
         return tuple(files)
+
+    def _attachment_path(self, index: int, context: dict[str, Any], row: Location) -> Path:
+        """A per-recipient attachment's path, which must lie in the folder its template
+        names: CSV data picks a file there, it can't reach /etc/passwd with ``..``, an
+        absolute path, ``~`` or a symbolic link pointing out."""
+        spec = self.campaign.attachments[index]
+        rendered = self._one_line(f"attachment{index}", context, row, "attachments") or ""
+        base = self.campaign.path.parent
+        folder = spec.folder or base
+        # A path starting with / or ~ is honoured only if the template itself starts so.
+        anchored = (spec.written or spec.path).startswith(("/", "~"))
+        escapes = not anchored and rendered.startswith(("/", "~"))
+        try:
+            path = base / (Path(rendered).expanduser() if anchored else Path(rendered))
+            escapes = escapes or not path.resolve().is_relative_to(folder)
+        except (OSError, RuntimeError, ValueError) as exc:  # a loop, ~nobody, a NUL byte
+            raise AttachmentError(
+                f"{rendered!r} is not a usable path: {exc}", where=spec.where, row=row
+            ) from None
+        if escapes:
+            made_of = ", ".join(self._path_fields.get(index, ()))
+            raise AttachmentError(
+                f"{rendered!r} is outside {display_path(folder)}/"
+                + (f" (the path is made from {made_of})" if made_of else "")
+                + "; a per-recipient attachment must stay in the folder its path names",
+                where=spec.where,
+                row=row,
+            )
+        return path
 
     def filename(self, index: int, context: dict[str, Any], row: Location) -> str | None:
         """The name an attachment is given in the mail, if the campaign sets one."""
@@ -295,6 +341,16 @@ def _compile_string(env: jinja2.Environment, source: str, where: Location) -> ji
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"syntax error: {exc.message}", where=where) from None
+
+
+def _variables(source: str) -> tuple[str, ...]:
+    """The variables a one-line template uses, sorted."""
+    try:
+        return tuple(
+            sorted(jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(source)))
+        )
+    except jinja2.TemplateSyntaxError:
+        return ()  # reported when it is compiled
 
 
 def _no_text(html: str) -> str:
