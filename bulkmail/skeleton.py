@@ -22,12 +22,15 @@ in an attribute, takes the slow path. Each value is serialised by lxml itself, i
 same kind of place, so escaping (``&amp;``, and the URI-escaping libxml2 applies to
 ``href``) matches. Finally the first uses of every skeleton are checked against premailer
 on the real document; one difference and that skeleton is never used again.
+
+The text part is made the same way: the inlined skeleton is converted once, and each
+recipient's text is that with the values put in, wherever that provably equals converting
+the recipient's own HTML (`SkeletonInliner._text`); elsewhere their HTML is converted.
 """
 
 from __future__ import annotations
 
 import functools
-import html
 import re
 import secrets
 from collections import OrderedDict
@@ -120,6 +123,7 @@ class Stats:
     slow: int = 0  # recipients whose HTML was inlined whole
     unusable: int = 0  # skeletons that can't be used (or failed their check)
     checked: int = 0
+    text_slow: int = 0  # recipients whose text part was converted from their own HTML
 
 
 _Key = tuple[tuple[str, ...], tuple[str, ...]]
@@ -182,7 +186,7 @@ class SkeletonInliner:
                 self.stats.unusable += 1
                 self.stats.slow += 1
                 return expected, self._to_text(expected)
-        return inlined, self._text(entry, values)
+        return inlined, self._text(entry, written, inlined)
 
     # --- the caches --------------------------------------------------------------------
 
@@ -349,18 +353,32 @@ class SkeletonInliner:
         inlined = self._inline(doc.document())
         return inlined, self._to_text(inlined)
 
-    def _text(self, entry: _Entry, values: tuple[str, ...]) -> str:
+    def _text(self, entry: _Entry, written: list[str], inlined: str) -> str:
+        """The text part: the skeleton's text with each value put in, or, if that is not
+        provably what converting ``inlined`` gives, the conversion of ``inlined`` itself.
+
+        ``to_text`` never measures, aligns or compares text (bulkmail.textpart), so a value
+        changes its output only through how white space around and inside it folds, and
+        through a link that starts with ``#``. A token is a single word; a value shown as
+        it is parsed, non-empty, without white space at its ends or other than single
+        spaces inside, and not starting with ``#``, folds exactly like a word in every
+        place (text, ``<pre>``, a link's URL). Any other value takes the slow path.
+        """
         if entry.text is None:
             assert entry.pieces is not None
-            tokens = [self._token(i) for i in range(len(values))]
+            tokens = [self._token(i) for i in range(len(written))]
             text = self._to_text(_join(entry.pieces, entry.order, tokens))
             cut = self._pattern.split(text)
             entry.text = (tuple(cut[0::2]), tuple(int(n) for n in cut[1::2]))
         pieces, order = entry.text
-        plain = [
-            _plain(v, entry.places[i]) if i in entry.places else "" for i, v in enumerate(values)
-        ]
-        return _join(pieces, order, plain)
+        shown = [""] * len(written)
+        for i in order:
+            value = _shown(entry.places[i], written[i]) if i in entry.places else None
+            if value is None:
+                self.stats.text_slow += 1
+                return self._to_text(inlined)
+            shown[i] = value
+        return _join(pieces, order, shown)
 
 
 def _put(cache: OrderedDict[Any, Any], key: object, value: object, limit: int) -> None:
@@ -389,7 +407,24 @@ def _join(pieces: tuple[str, ...], order: tuple[int, ...], values: list[str]) ->
 _WHITESPACE = re.compile(r"\s+")
 
 
-def _plain(value: str, place: _Place) -> str:
-    """A value as the text converter shows it: unescaped, white space folded in text."""
-    text = html.unescape(value)
-    return text if place.attribute else _WHITESPACE.sub(" ", text)
+@functools.lru_cache(maxsize=4096)
+def _shown(place: _Place, written: str) -> str | None:
+    """A value as the text converter reads it in ``place`` (``written`` is how it stands
+    in the HTML), if it folds like a single word there; else None."""
+    if place.tag == COMMENT:
+        return None  # never shown: a token from a comment in the text is a surprise
+    if place.attribute is None:
+        root = etree.fromstring(f"<html><body><p>{written}</p></body></html>", etree.HTMLParser())
+        value = "".join(root.itertext())
+    elif place.attribute == "href" and place.tag == "a":
+        root = etree.fromstring(
+            f'<html><body><a href="{written}">x</a></body></html>', etree.HTMLParser()
+        )
+        value = root.find(".//a").get("href", "")
+        if value.startswith("#"):
+            return None  # an anchor: the converter shows no URL
+    else:
+        return None  # the converter shows no other attribute
+    if not value or value != value.strip() or _WHITESPACE.sub(" ", value) != value:
+        return None
+    return value
