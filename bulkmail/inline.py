@@ -25,8 +25,9 @@ class PremailerInliner:
       ``<style>`` block) override the inlined styles on small screens.
     - ``base_url``: relative links and images are made absolute, as a mail client needs;
       ``#anchor`` links stay as they are.
-    - the template's ``<!doctype>``, which premailer drops, is put back: without it mail
-      clients render in quirks mode.
+    - the template's ``<!doctype>`` is kept as the template wrote it, once: premailer keeps
+      ``<!DOCTYPE html>`` but drops the others (``<!doctype html>``, HTML 4's), and
+      without one mail clients render in quirks mode.
     """
 
     def __init__(self, *, base_url: str | None = None) -> None:
@@ -42,5 +43,9 @@ class PremailerInliner:
             cssutils_logging_level=logging.CRITICAL,
             disable_validation=True,
         ).transform()
+        text = str(out)
+        kept = _DOCTYPE.match(text)  # premailer's copy, if it kept one
+        if kept:
+            text = text[kept.end() :].lstrip()
         doctype = _DOCTYPE.match(html)
-        return f"{doctype.group(1)}\n{out}" if doctype else str(out)
+        return f"{doctype.group(1)}\n{text}" if doctype else text
