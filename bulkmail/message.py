@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import binascii
 import mimetypes
 import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import MIMEPart
 from email.policy import EmailPolicy
@@ -30,6 +32,10 @@ from bulkmail.render import RenderedMail
 _URL_LIST_HEADERS = frozenset({"list-unsubscribe"})
 _URL_LIST_SPLIT = re.compile(r"(?<=>)\s*,\s*")  # between <...> entries, not inside a URL
 _MAX_LINE = 998  # RFC 5322 2.1.1
+_FOLD_AT = 78  # RFC 5322 2.1.1: lines SHOULD be no longer
+_MAX_ENCODED_WORD = 75  # RFC 2047 2
+# What Q-encoded text may hold as itself in a phrase (RFC 2047 5(3)); "_" stands for space.
+_Q_PHRASE_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _WHITESPACE = re.compile(r"\s+")
 # Content types that may not be sent base64-encoded (RFC 2046 5.2.1): sent as plain files.
@@ -134,7 +140,7 @@ class MessageBuilder:
     static_headers: bytes  # From, Reply-To, X-Bulkmail-Campaign, custom headers
     # Attachments of a fixed file, read and encoded once per campaign, by attachment index.
     shared: dict[int, tuple[bytes, Attachment]]
-    boundary: bytes
+    boundaries: tuple[bytes, bytes]  # multipart/mixed, multipart/alternative
 
     @classmethod
     def load(cls, campaign: Campaign) -> MessageBuilder:
@@ -146,7 +152,7 @@ class MessageBuilder:
             headers.append(("Reply-To", reply_to))
         headers.append(("X-Bulkmail-Campaign", campaign.name))
         headers.extend(campaign.headers.items())
-        static = b"".join(_fold(POLICY, name, value) for name, value in headers)
+        static = b"".join(_static_header(campaign, name, value) for name, value in headers)
         shared = {}
         for index, spec in enumerate(campaign.attachments):
             if spec.templated:
@@ -156,8 +162,13 @@ class MessageBuilder:
                 shared[index] = attachment_part(path, spec.filename or path.name)
             except OSError as exc:
                 raise AttachmentError(f"{path}: {exc.strerror}", where=spec.where) from None
-        boundary = f"=_bulkmail_{secrets.token_hex(12)}".encode("ascii")
-        return cls(campaign, sender, static, shared, boundary)
+        # Parsers find a delimiter line by its start, so no boundary may be a prefix of
+        # another (RFC 2046 5.1.1): two of the same length that differ.
+        token = secrets.token_hex(12)
+        mixed, alternative = (
+            f"=_bulkmail_{kind}_{token}".encode("ascii") for kind in ("mix", "alt")
+        )
+        return cls(campaign, sender, static, shared, (mixed, alternative))
 
     def build(self, index: int, recipient: Recipient, rendered: RenderedMail) -> OutgoingMail:
         """The complete message for one recipient: headers, text + HTML, attachments."""
@@ -178,13 +189,15 @@ class MessageBuilder:
                 headers.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
         alternative = _multipart(
             "alternative",
-            self.boundary + b"_alt",
+            self.boundaries[1],
             [_body_part("plain", rendered.text), _body_part("html", rendered.html)],
         )
         attachments = self._attachments(recipient, rendered.attachments)
         body = alternative
         if attachments:
-            body = _multipart("mixed", self.boundary, [alternative, *(p for p, _ in attachments)])
+            body = _multipart(
+                "mixed", self.boundaries[0], [alternative, *(p for p, _ in attachments)]
+            )
         data = b"".join([self.static_headers, *headers, b"MIME-Version: 1.0\r\n", body])
         return OutgoingMail(
             index=index,
@@ -241,21 +254,99 @@ def _to_header(policy: EmailPolicy, to: Address, row: Location) -> bytes:
     turns ``Martin, Anne (Lyon; ...)`` or a name holding ``<evil@example.com>, y`` into
     several addresses; an encoded word in an address gets decoded. When the folded header
     does not read back as written, it is written on one line (up to 998 octets, RFC 5322),
-    and if that does not read back either, the row is refused.
+    and if that does not read back either, the row is refused. A non-ASCII name is written
+    as RFC 2047 words of legal length (`_encoded_address`).
     """
-    for attempt in (policy, policy.clone(max_line_length=_MAX_LINE)):
-        folded = _fold(attempt, "To", to, row)
-        text = folded.decode("utf-8")[len("To:") :].replace("\r\n", "")
-        addresses = attempt.header_factory("To", text.strip()).addresses
-        if len(addresses) == 1 and (addresses[0].addr_spec, addresses[0].display_name) == (
-            to.addr_spec,
-            to.display_name,
-        ):
-            return folded
+    if not policy.utf8 and not to.display_name.isascii():
+        encoded = _encoded_address("To", to)
+        if encoded is not None:
+            return encoded
+    else:
+        for attempt in (policy, policy.clone(max_line_length=_MAX_LINE)):
+            folded = _fold(attempt, "To", to, row)
+            text = folded.decode("utf-8")[len("To:") :].replace("\r\n", "")
+            addresses = attempt.header_factory("To", text.strip()).addresses
+            if len(addresses) == 1 and (addresses[0].addr_spec, addresses[0].display_name) == (
+                to.addr_spec,
+                to.display_name,
+            ):
+                return folded
     raise RecipientError(
         f"{to.display_name!r} <{to.addr_spec}> cannot be written as one address in the To header",
         where=Location(row.path, row.line, "name"),
     )
+
+
+def _static_header(campaign: Campaign, name: str, value: object) -> bytes:
+    """A header every mail shares; a sender's non-ASCII name as RFC 2047 words of legal length."""
+    if not isinstance(value, Address) or value.display_name.isascii():
+        return _fold(POLICY, name, value)
+    folded = _encoded_address(name, value)
+    if folded is None:
+        raise ConfigError(
+            f"{value.display_name!r} <{value.addr_spec}> cannot be written as one address",
+            where=campaign.location(name.lower().replace("-", "_")),
+        )
+    return folded
+
+
+def _encoded_address(name: str, address: Address) -> bytes | None:
+    """``Name: =?utf-8?...?= <addr>``: a non-ASCII display name as RFC 2047 encoded words of
+    at most 75 characters each, folded onto lines of at most 78 where the address allows.
+    None if the result does not read back as exactly this address and name.
+
+    Python 3.11's folder writes a long name as one encoded word of any length, or splits
+    it where the name has a space and leaves that space outside the words, between them,
+    where RFC 2047 6.2 tells readers to ignore it ("bin Abd Allah" reads "bin AbdAllah").
+    Here every character of the name, spaces too, is inside a word; the folding white
+    space between words carries nothing. (Python 3.11's own header parser reads a space
+    there, against 6.2; readers that follow the RFC, mail clients among them, don't.)
+    """
+    display = address.display_name
+    if _CONTROL.search(display):
+        return None
+    head = f"{name}: "
+    words = _encoded_words(display, first=min(_MAX_ENCODED_WORD, _FOLD_AT - len(head)))
+    lines = [head + words[0], *(" " + word for word in words[1:])]
+    angle = f"<{address.addr_spec}>"
+    if len(lines[-1]) + 1 + len(angle) <= _FOLD_AT:
+        lines[-1] += " " + angle
+    else:
+        lines.append(" " + angle)
+    folded = "\r\n".join(lines) + "\r\n"
+    if not folded.isascii():
+        return None  # a non-ASCII address needs SMTPUTF8, where names are not encoded
+    parsed = POLICY.header_factory(name, folded[len(head) :].replace("\r\n", "").strip())
+    found = [(a.addr_spec, a.username) for a in parsed.addresses]
+    if found != [(address.addr_spec, address.username)]:
+        return None
+    if str(make_header(decode_header(" ".join(words)))) != display:
+        return None
+    return folded.encode("ascii")
+
+
+def _encoded_words(text: str, *, first: int) -> list[str]:
+    """``text`` as encoded words no longer than ``first``, then 75, each holding whole
+    characters (RFC 2047 5(3)), in whichever of B and Q is shorter."""
+    words: list[str] = []
+    room, chunk = first, ""
+    for char in text:
+        if chunk and len(_encoded_word(chunk + char)) > room:
+            words.append(_encoded_word(chunk))
+            room, chunk = _MAX_ENCODED_WORD, ""
+        chunk += char
+    words.append(_encoded_word(chunk))
+    return words
+
+
+def _encoded_word(text: str) -> str:
+    data = text.encode("utf-8")
+    b = base64.b64encode(data).decode("ascii")
+    q = "".join(
+        "_" if byte == 0x20 else chr(byte) if byte in _Q_PHRASE_SAFE else f"={byte:02X}"
+        for byte in data
+    )
+    return f"=?utf-8?q?{q}?=" if len(q) <= len(b) else f"=?utf-8?b?{b}?="
 
 
 def _fold(policy: EmailPolicy, name: str, value: object, row: Location | None = None) -> bytes:
