@@ -166,7 +166,7 @@ class MessageBuilder:
         # another (RFC 2046 5.1.1): two of the same length that differ.
         token = secrets.token_hex(12)
         mixed, alternative = (
-            f"=_bulkmail_{kind}_{token}".encode("ascii") for kind in ("mix", "alt")
+            f"=_bulkmail_{token}_{kind}".encode("ascii") for kind in ("mix", "alt")
         )
         return cls(campaign, sender, static, shared, (mixed, alternative))
 
