@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import csv
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
+from bulkmail.errors import BulkmailError, Location
 from bulkmail.journal import Entry, Journal, Summary, journal_path
 from bulkmail.models import Campaign, Status
 from bulkmail.pipeline import as_campaign
@@ -45,13 +49,39 @@ def campaign_status(campaign: Campaign | str | Path) -> CampaignStatus:
 
 
 def write_failed_csv(status: CampaignStatus, out: Path) -> int:
-    """Write the failed recipients' CSV rows (plus the server's reply) to ``out``."""
+    """Write the failed recipients' CSV rows (plus the server's reply) to ``out``.
+
+    The file is owner-only (0600), an existing one too: it holds part of the list. A
+    place that cannot be written is a BulkmailError naming it.
+    """
     columns: list[str] = []
     for entry in status.failed:
         columns.extend(key for key in entry.fields if key not in columns)
-    with out.open("w", encoding="utf-8", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow([*columns, "bulkmail_reply"])
-        for entry in status.failed:
-            writer.writerow([*(entry.fields.get(c, "") for c in columns), entry.reply or ""])
+    try:
+        with _open_owner_only(out) as file:
+            writer = csv.writer(file)
+            writer.writerow([*columns, "bulkmail_reply"])
+            for entry in status.failed:
+                writer.writerow([*(entry.fields.get(c, "") for c in columns), entry.reply or ""])
+    except OSError as exc:
+        raise BulkmailError(
+            f"cannot write the failed rows here: {exc.strerror or exc}", where=Location(out)
+        ) from None
     return len(status.failed)
+
+
+def _open_owner_only(path: Path) -> TextIO:
+    """``path`` emptied for writing, readable by its owner only.
+
+    An existing file is made 0600 before it is emptied (so a refusal leaves it as it
+    was); something that is not a regular file (``/dev/stdout``) is written as it is.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)
+            os.ftruncate(fd, 0)
+        return open(fd, "w", encoding="utf-8", newline="")
+    except BaseException:
+        os.close(fd)
+        raise
