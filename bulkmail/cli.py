@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import getpass
+import importlib.metadata
 import json
+import os
 import shlex
 import signal
 import sys
@@ -13,12 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TextIO, cast
 
 import rich.console
 import rich.table
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from bulkmail.errors import BulkmailError, CampaignError, PreflightError, display_path
 from bulkmail.journal import Entry
@@ -26,10 +30,33 @@ from bulkmail.pipeline import CheckReport, Event, check_campaign, preview_campai
 from bulkmail.send import SendPlan, SendReport, send_campaign, send_test
 from bulkmail.status import campaign_status, write_failed_csv
 
+
+class _FlagsShownAsFlags:
+    """Help that shows an on/off option as a bare flag: typer 0.29 shows every one as
+    taking a ``<bool>`` value (``--dry-run <bool>``), which the option then refuses."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""  # (typer shows the metavar, when set, as the type)
+        return params
+
+
+class _Command(_FlagsShownAsFlags, TyperCommand):
+    """A bulkmail command."""
+
+
+class _Group(_FlagsShownAsFlags, TyperGroup):
+    """The ``bulkmail`` command, which holds the others."""
+
+
 app = typer.Typer(
+    cls=_Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # no SMTP password in a traceback
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Send personalised newsletters over SMTP: checked first, sent once, resumable.",
 )
 out = rich.console.Console()
@@ -47,6 +74,221 @@ OutOpt = Annotated[
     typer.Option("--out", help="Preview folder (default: the campaign's preview.out)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("bulkmail")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "(not installed)"
+
+
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        print(f"bulkmail {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Send personalised newsletters over SMTP: checked first, sent once, resumable."""
+
+
+# --- terminals, pipes and signals ----------------------------------------------------------
+
+
+class _Stream:
+    """stdout or stderr, whose writes never fail: a closed pipe (``| head``) or a terminal
+    that hung up must not stop a run half-way, nor change what its exit code says.
+
+    The first failure points the file descriptor at /dev/null (so that Python's own flush
+    at exit is quiet too) and is kept in ``lost``.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lost: OSError | None = None
+
+    def write(self, text: str) -> int:
+        if self.lost is None:
+            try:
+                self.stream.write(text)
+            except OSError as exc:
+                self._lose(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.lost is None:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self._lose(exc)
+
+    def _lose(self, exc: OSError) -> None:
+        self.lost = exc
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+            self.stream.flush()  # what it still holds goes to /dev/null
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _guard_output() -> _Stream:
+    """Put sys.stdout and sys.stderr behind `_Stream`; return stdout's."""
+    streams = []
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        guarded = _Stream(stream if stream is not None else _closed_output(fd))
+        if stream is None:  # started with the descriptor closed (`>&-`)
+            guarded.lost = OSError(errno.EBADF, os.strerror(errno.EBADF))
+        streams.append(guarded)
+    sys.stdout, sys.stderr = cast(TextIO, streams[0]), cast(TextIO, streams[1])
+    return streams[0]
+
+
+def _closed_output(fd: int) -> TextIO:
+    """/dev/null on descriptor ``fd``, which was closed: else the next file opened (the
+    journal) would get that number, and whatever writes to stdout would write into it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if devnull != fd:
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return open(fd, "w", encoding="utf-8", closefd=False)
+
+
+def _say(line: str) -> None:
+    """One line on stderr from a signal handler: a single write, and never an exception
+    (the main thread may be inside a write to stderr, or the terminal may be gone)."""
+    try:
+        os.write(sys.stderr.fileno(), f"{line}\n".encode(errors="replace"))
+    except (OSError, ValueError):  # not a file (in-process tests): the stream, if it can
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"{line}\n")
+
+
+class _Signals:
+    """What SIGINT, SIGTERM and SIGHUP do to a bulkmail command.
+
+    Each stops the command at once: one line on stderr, then exit 130 (as a
+    KeyboardInterrupt, so that the journal is closed and worker processes are ended on the
+    way out). While a run is sending (``stop`` given), the first one asks it to stop after
+    the mail in flight, whose outcome is journaled, so nobody is left in doubt; a second
+    Ctrl-C stops at once. SIGHUP (the terminal closed, an SSH session dropped) is treated
+    as SIGTERM. A signal ignored when bulkmail started (nohup, a script's background job)
+    stays ignored.
+
+    While worker processes may be starting (``deferred``), the KeyboardInterrupt waits for
+    the next `checkpoint` (the next mail built): raised inside multiprocessing or an
+    at-fork hook, Python would print it as "Exception ignored", lose it, and leave the
+    pool's and filelock's state half-changed. A second Ctrl-C does not wait.
+    """
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    BEFORE_SENDING = "interrupted; nothing was sent."
+
+    def __init__(self) -> None:
+        self.message = "interrupted."  # what a signal that stops at once says
+        self.stop: threading.Event | None = None  # set while mails go out
+        self.deferred = False
+        self.prompting = False  # a question waits on its line: answer on a new one
+        self.interrupted = False  # a signal stopped the command at once (and said so)
+        self._pid = os.getpid()
+        self._depth = 0
+
+    def install(self) -> None:
+        """Handle them from now on, in this process (the ``bulkmail`` command's)."""
+        self._pid = os.getpid()
+        for sig in self.HANDLED:
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                signal.signal(sig, self._handle)
+
+    @contextlib.contextmanager
+    def handled(self) -> Iterator[None]:
+        """Handle them in this block, whose handlers before are back after it (the
+        command's process has them already; a test calling the app has not)."""
+        if self._depth == 0:
+            self._pid = os.getpid()
+            self.now("interrupted.")
+            self.interrupted = False
+        previous = {}
+        for sig in self.HANDLED:
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, self._handle)
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            for sig, old in previous.items():
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    def ignore(self) -> None:
+        """From now on ignore them: bulkmail is exiting with everything said, and a
+        KeyboardInterrupt at that point would only be a traceback."""
+        for sig in self.HANDLED:
+            if signal.getsignal(sig) == self._handle:
+                signal.signal(sig, signal.SIG_IGN)
+
+    def now(
+        self, message: str, *, stop: threading.Event | None = None, deferred: bool = False
+    ) -> None:
+        """From now on a signal says ``message`` and stops at once (at the next
+        checkpoint if ``deferred``), or, with ``stop``, asks the run to stop after the
+        current mail."""
+        self.message, self.stop, self.deferred = message, stop, deferred
+
+    @contextlib.contextmanager
+    def at_once(self, message: str, *, deferred: bool = False) -> Iterator[None]:
+        """In this block a signal stops at once, saying ``message``."""
+        saved = self.message, self.stop, self.deferred
+        self.now(message, deferred=deferred)
+        try:
+            yield
+        finally:
+            self.message, self.stop, self.deferred = saved
+
+    def checkpoint(self) -> None:
+        """Raise the KeyboardInterrupt that a signal asked for, if it is still to come."""
+        if self.interrupted and self.stop is None:
+            raise KeyboardInterrupt
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if os.getpid() != self._pid:
+            return  # a worker, forked before it set its own: the main process decides
+        stop = self.stop
+        if stop is not None and not (stop.is_set() and signum == signal.SIGINT):
+            if not stop.is_set():
+                stop.set()
+                name = "" if signum == signal.SIGINT else f"{signal.Signals(signum).name}: "
+                _say(f"{name}stopping after the current mail (Ctrl-C again to stop at once)...")
+            return
+        if not self.interrupted:
+            self.interrupted = True
+            _say(("\n" if self.prompting else "") + self.message)
+            if self.deferred:
+                return
+        raise KeyboardInterrupt
+
+
+_signals = _Signals()
+_stdout: _Stream | None = None  # set by `main`: the command's stdout, whose loss is told
+
+
+def _stdout_lost() -> OSError | None:
+    """Whether stdout could not be written (after writing out what it holds)."""
+    if _stdout is None:
+        return None
+    _stdout.flush()
+    return _stdout.lost
 
 
 @contextlib.contextmanager
@@ -69,7 +311,8 @@ def user_errors() -> Iterator[None]:
         err.print(f"[red]error[/]: {escape(str(exc))}")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        err.print("interrupted; rerun the same command to resume.")
+        if not _signals.interrupted:  # (else the signal handler said why already)
+            err.print(escape(_signals.message))
         raise typer.Exit(130) from None
 
 
@@ -143,6 +386,7 @@ class _Progress:
         self.task = self.progress.add_task(label, total=None)
 
     def __call__(self, event: Event) -> None:
+        _signals.checkpoint()
         if self.enabled and event.kind == "built":
             self.progress.update(self.task, completed=event.done, total=event.total)
 
@@ -154,18 +398,22 @@ class _Progress:
         self.progress.stop()
 
 
-@app.command()
+@app.command(cls=_Command)
 def check(campaign: CampaignArg, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """Check a campaign: render and build every mail, send nothing, report any problem.
 
     Example: bulkmail check campaigns/june.yaml
     """
-    with user_errors(), _Progress("checking") as progress:
+    with (
+        user_errors(),
+        _signals.at_once("interrupted.", deferred=True),  # workers may be starting
+        _Progress("checking") as progress,
+    ):
         report = check_campaign(campaign, limit=limit, on_event=progress)
     _show(report, "Campaign checked: nothing was sent", as_json)
 
 
-@app.command()
+@app.command(cls=_Command)
 def preview(
     campaign: CampaignArg, out_dir: OutOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False
 ) -> None:
@@ -173,7 +421,11 @@ def preview(
 
     Example: bulkmail preview campaigns/june.yaml --limit 20
     """
-    with user_errors(), _Progress("writing previews") as progress:
+    with (
+        user_errors(),
+        _signals.at_once("interrupted.", deferred=True),  # workers may be starting
+        _Progress("writing previews") as progress,
+    ):
         report = preview_campaign(campaign, out=out_dir, limit=limit, on_event=progress)
     _show(report, "Dry run: nothing was sent", as_json, out=str(report.out))
     if not as_json:
@@ -268,15 +520,52 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
-def _confirm(yes: bool, *, show: bool = True) -> Callable[[SendPlan], bool]:
+def _ask(question: str, console: rich.console.Console) -> bool:
+    """Ask a yes/no question on ``console`` and read the answer from stdin; no by default.
+
+    Not typer.confirm: it turns Ctrl-C into "Aborted!" (exit 1), and echoes a character to
+    stdout, which with --json holds the summary alone.
+    """
+    while True:
+        _signals.prompting = True
+        try:
+            console.print(f"{question} [y/N]: ", end="", markup=False, highlight=False)
+            answer = sys.stdin.readline()
+        finally:
+            _signals.prompting = False
+        if not answer:  # end of input: no answer is not a yes
+            console.print()
+            return False
+        answer = answer.strip().lower()
+        if answer in ("y", "yes"):
+            return True
+        if answer in ("", "n", "no"):
+            return False
+
+
+def _confirm(
+    yes: bool,
+    *,
+    console: rich.console.Console,
+    progress: _RunProgress,
+    confirmed: Callable[[], None],
+) -> Callable[[SendPlan], bool]:
+    """Show the plan on ``console`` and, unless ``yes``, ask; call ``confirmed`` on a yes."""
+
     def confirm(plan: SendPlan) -> bool:
-        if show:  # not with --json: stdout is the summary alone
-            out.print(_describe_plan(plan))
+        _signals.checkpoint()
+        progress.pause()
+        console.print(_describe_plan(plan))
         for warning in plan.check.warnings:
             err.print(f"[yellow]warning[/]: {escape(warning)}")
-        if yes:
+        mails = f"{plan.to_send:,} mail{'' if plan.to_send == 1 else 's'}"
+        with _signals.at_once(_Signals.BEFORE_SENDING):
+            agreed = yes or _ask(f"Send {mails} now?", console)
+        if agreed:
+            progress.send()
+            confirmed()
             return True
-        return typer.confirm(f"Send {plan.to_send:,} mails now?", default=False)
+        return False
 
     return confirm
 
@@ -284,27 +573,54 @@ def _confirm(yes: bool, *, show: bool = True) -> Callable[[SendPlan], bool]:
 def _password_prompt() -> Callable[[str], str] | None:
     if not sys.stdin.isatty():
         return None
-    return lambda text: getpass.getpass(text)
+
+    def ask(text: str) -> str:
+        with _signals.at_once(_Signals.BEFORE_SENDING):  # asked before connecting
+            return getpass.getpass(text)
+
+    return ask
 
 
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """The first Ctrl-C or SIGTERM asks the run to stop after the current mail; a second
-    Ctrl-C interrupts at once (the journal stays consistent either way)."""
-    stop = threading.Event()
+class _RunProgress:
+    """A run's progress: "checking" during the preflight, the sending bar from the first
+    mail on, and neither in between, while the plan, the question or the password prompt
+    is on the screen (a live bar redraws its line over them)."""
 
-    def handler(signum: int, frame: object) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.set()
-        err.print("stopping after the current mail (Ctrl-C again to stop at once)...")
+    def __init__(self) -> None:
+        self.checking: _Progress | None = _Progress("checking")
+        self.sending: _SendProgress | None = None
+        self.started = False
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    def __enter__(self) -> _RunProgress:
+        if self.checking is not None:
+            self.checking.__enter__()
+        return self
+
+    def __call__(self, event: Event) -> None:
+        _signals.checkpoint()
+        if self.checking is not None:
+            self.checking(event)
+        elif self.sending is not None:
+            if not self.started:
+                self.sending.__enter__()
+                self.started = True
+            self.sending(event)
+
+    def pause(self) -> None:
+        """The preflight is done: clear its bar."""
+        if self.checking is not None:
+            self.checking.__exit__()
+            self.checking = None
+
+    def send(self) -> None:
+        """Sending begins: show the bar at the first mail."""
+        self.pause()
+        self.sending = _SendProgress()
+
+    def __exit__(self, *exc: object) -> None:
+        self.pause()
+        if self.sending is not None and self.started:
+            self.sending.__exit__()
 
 
 def _send_report_json(report: SendReport) -> dict[str, object]:
@@ -373,7 +689,7 @@ def _exit_code(report: SendReport, command: str) -> int:
     return 3 if refused or plan.uncertain or plan.earlier_failed else 0
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(
     campaign: CampaignArg,
     dry_run: Annotated[
@@ -423,10 +739,17 @@ def run(
         + [name for name, given in options.items() if given]
         + (["--limit", str(limit)] if limit is not None else [])
     )
-    with user_errors():
+    # The plan and the question go where the user sees them: not into stdout when it holds
+    # the JSON summary, or when it is not the terminal the answer comes from.
+    shown_on = err if as_json or (not yes and not out.is_terminal) else out
+    stop = threading.Event()
+    resume = f"interrupted; rerun `{command}` to resume where it stopped."
+    with user_errors(), _signals.handled():
+        # Nothing to finish: stop at once (at the next mail built: workers may be starting)
+        _signals.now(_Signals.BEFORE_SENDING, deferred=True)
         if not yes and not sys.stdin.isatty():
             raise CampaignError("no terminal to confirm on: add --yes to send")
-        with _stop_on_signals() as stop, _SendProgress() as progress:
+        with _RunProgress() as progress:
             report = send_campaign(
                 campaign,
                 limit=limit,
@@ -434,19 +757,47 @@ def run(
                 resend_uncertain=resend_uncertain,
                 allow_changes=allow_changes,
                 prompt=_password_prompt(),
-                confirm=_confirm(yes or as_json, show=not as_json),
+                confirm=_confirm(
+                    yes,
+                    console=shown_on,
+                    progress=progress,
+                    confirmed=lambda: _signals.now(resume, stop=stop),
+                ),
                 stop=stop,
                 on_event=progress,
             )
-    if as_json:
-        print(json.dumps(_send_report_json(report), indent=2))
-        code = _exit_code(report, command)
-    else:
-        code = _show_send_report(report, command)
+        _signals.now(
+            "interrupted while reporting; the run had ended: "
+            f"`bulkmail status {shlex.quote(str(campaign))}` shows its outcome."
+        )
+        if as_json:
+            print(json.dumps(_send_report_json(report), indent=2))
+            code = _exit_code(report, command)
+        else:
+            code = _show_send_report(report, command)
+        _tell_if_stdout_lost(report, campaign)
     raise typer.Exit(code)
 
 
-@app.command("send-test")
+def _tell_if_stdout_lost(report: SendReport, campaign: Path) -> None:
+    """Say on stderr what went out when stdout could not say it (``| head``, a full disk)."""
+    lost = _stdout_lost()
+    if lost is None:
+        return
+    closed = lost.errno in (errno.EPIPE, errno.EBADF)
+    why = "was closed" if closed else f"could not be written ({lost.strerror})"
+    counts = f"{report.accepted:,} accepted, {report.failed:,} failed" + (
+        f", {report.uncertain:,} uncertain" if report.uncertain else ""
+    )
+    err.print(
+        escape(
+            f"stdout {why}; this run: {counts}. Every outcome is in the journal: "
+            f"bulkmail status {shlex.quote(str(campaign))}"
+        )
+    )
+
+
+@app.command("send-test", cls=_Command)
 def send_test_command(
     campaign: CampaignArg,
     to: Annotated[str, typer.Option("--to", help="The one address to send the test to.")],
@@ -463,7 +814,7 @@ def send_test_command(
     out.print(f"test mail sent to {escape(to)}: {escape(mail.subject)}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(
     campaign: CampaignArg,
     failed_csv: Annotated[
@@ -478,10 +829,10 @@ def status(
     """
     with user_errors():
         state = campaign_status(campaign)
+        if failed_csv is not None:
+            count = write_failed_csv(state, failed_csv)
+            err.print(f"wrote {count:,} failed rows to {escape(str(failed_csv))}")
     summary = state.summary
-    if failed_csv is not None:
-        count = write_failed_csv(state, failed_csv)
-        err.print(f"wrote {count:,} failed rows to {escape(str(failed_csv))}")
     if as_json:
         data = {
             "campaign": state.campaign.name,
@@ -539,7 +890,27 @@ def _entry_json(entry: Entry) -> dict[str, object]:
 
 def main() -> None:
     """Entry point of the ``bulkmail`` console script."""
-    app()
+    global _stdout
+    _stdout = _guard_output()
+    sys.unraisablehook = _unraisable
+    _signals.install()
+    try:
+        app()
+    except SystemExit as exit:
+        if _signals.interrupted and exit.code != 130:
+            # Said "interrupted" on stderr, but some code swallowed the KeyboardInterrupt
+            raise SystemExit(130) from None
+        raise
+    finally:
+        _signals.ignore()
+
+
+def _unraisable(info: Any) -> None:
+    """Python's report of an exception it had to ignore, but for a KeyboardInterrupt: a
+    signal handled in an at-fork hook or a __del__ is not a traceback for the user (and
+    `_Signals.checkpoint` raises it again)."""
+    if not issubclass(info.exc_type, KeyboardInterrupt):
+        sys.__unraisablehook__(info)
 
 
 if __name__ == "__main__":  # pragma: no cover
