@@ -1,10 +1,20 @@
 """The SQLite journal of a campaign: each recipient's outcome, so a rerun resumes safely.
 
-One file per campaign, ``<campaign folder>/.bulkmail/<name>.sqlite``, in WAL mode. A
-recipient is marked ``sending`` and committed before the message is handed to the server,
-and its outcome is recorded right after the reply, so a crash leaves at most one recipient
-in doubt. Outcomes are committed together with the next ``sending`` mark (one commit per
-mail); `flush` commits the last one.
+One file per campaign, ``<campaign folder>/.bulkmail/<name>.sqlite``, in WAL mode with
+``synchronous=FULL``: every commit is synced to disk before it returns. A recipient is
+marked ``sending`` and committed before the message is handed to the server, and its
+outcome is committed together with the next mail's mark (one commit, one sync, per mail;
+`flush` commits the last one), so a crash or a power cut leaves at most one recipient in
+doubt.
+
+The journal is the only record of who was mailed, so a file that cannot be trusted is
+refused (`JournalError`, exit 4) and never read as "nobody was mailed": an empty file,
+damaged pages (``PRAGMA quick_check`` at open), an SQLite file bulkmail did not make, or
+the journal of another campaign (each journal names its campaign in ``meta``). A new
+journal is built beside its place and moved there complete, so bulkmail itself never
+leaves an empty or half-made journal behind. The folder is 0700 and the files 0600
+(they hold the list), whatever the umask. Every sqlite3 error becomes a JournalError
+naming the file.
 
 A second process running the same campaign is refused by an OS file lock, which the kernel
 releases when the process dies, so no stale lock is ever left behind.
@@ -12,28 +22,34 @@ releases when the process dies, so no stale lock is ever left behind.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
+import pwd
 import sqlite3
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import filelock
 
-from bulkmail.errors import JournalError, Location
-from bulkmail.models import Recipient, Status
+from bulkmail.errors import JournalError, Location, display_path
+from bulkmail.models import Recipient, Status, address_key
 from bulkmail.opening import Opened
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
+SCHEMA_VERSION = 2  # 2: keys compare whole addresses case-insensitively; meta names the campaign
+BUSY_TIMEOUT = 10.0  # seconds to wait while another connection (a `status`) holds the file
+_TABLES = [
+    """CREATE TABLE meta (
     key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS recipients (
-    key TEXT PRIMARY KEY,              -- the address, domain lower-cased
+    value TEXT NOT NULL                -- 'campaign': its name; 'fingerprint': the content
+)""",
+    """CREATE TABLE recipients (
+    key TEXT PRIMARY KEY,              -- models.address_key of the address
     email TEXT NOT NULL,
     line INTEGER NOT NULL,             -- CSV line, as of the latest run
     fields TEXT NOT NULL,              -- the CSV row as JSON, for --failed-csv
@@ -44,15 +60,33 @@ CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT,
     first_attempt REAL,
     updated REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS recipients_status ON recipients (status);
-CREATE TABLE IF NOT EXISTS runs (
+)""",
+    "CREATE INDEX recipients_status ON recipients (status)",
+    """CREATE TABLE runs (
     id INTEGER PRIMARY KEY,
     started REAL NOT NULL,
     finished REAL,
     outcome TEXT                       -- completed | interrupted | stopped: <why>
-);
-"""
+)""",
+]
+_TABLE_NAMES = {"meta", "recipients", "runs"}
+# When rows merge (two spellings of one address), the one that got furthest wins: nobody
+# already mailed, or perhaps mailed, is mailed again.
+_PRECEDENCE = {
+    Status.ACCEPTED: 4,
+    Status.SENDING: 3,
+    Status.FAILED: 2,
+    Status.PENDING: 1,
+    Status.SKIPPED: 0,
+}
+_UNTRUSTED = "restore it from a backup, or delete it only if no mail of this campaign was ever sent"
+# Primary SQLite result codes (the low byte of sqlite_errorcode).
+_PERM, _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = (
+    3, 5, 6, 8, 10, 11, 13, 14, 26,
+)  # fmt: skip
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -92,53 +126,147 @@ def journal_path(journal_dir: Path, name: str) -> Path:
     return journal_dir / f"{name}.sqlite"
 
 
-class Journal(Opened):
-    """A campaign's journal, opened (and locked) for one run, or read-only for status."""
+def journal_exists(path: Path) -> bool:
+    """Whether a journal is there; a JournalError if this user may not even look."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise _os_error(path, exc, "cannot look for the journal") from None
 
-    def __init__(self, path: Path, *, lock: bool = True) -> None:
+
+def _translated(
+    method: Callable[Concatenate[Journal, P], R],
+) -> Callable[Concatenate[Journal, P], R]:
+    """Turn any sqlite3 error of ``method`` into a JournalError naming the file."""
+
+    @functools.wraps(method)
+    def wrapper(journal: Journal, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(journal, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _sqlite_error(journal.path, exc) from exc
+
+    return wrapper
+
+
+class Journal(Opened):
+    """A campaign's journal, opened (and locked) for one run, or read-only for status.
+
+    ``campaign`` is the name stored in a new journal and required of an existing one; by
+    default the name `journal_path` made the file's name from.
+    """
+
+    def __init__(self, path: Path, *, lock: bool = True, campaign: str | None = None) -> None:
         self.path = path
-        self._lock = filelock.FileLock(str(path.with_suffix(".lock"))) if lock else None
+        self.campaign = path.stem if campaign is None else campaign
+        self._lock = (
+            filelock.FileLock(str(self._lock_path), mode=0o600, timeout=0) if lock else None
+        )
         self._db: sqlite3.Connection | None = None
         self._run_id: int | None = None
+
+    @property
+    def _lock_path(self) -> Path:
+        return self.path.with_suffix(".lock")
+
+    def _files(self) -> list[Path]:
+        """The journal, its WAL and shared-memory files, and the lock."""
+        return [*_database_files(self.path), self._lock_path]
 
     # --- opening -------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Create or open the journal; refuse if another run of this campaign holds it."""
+        """Create or open the journal; refuse if another run holds it or it can't be trusted."""
+        self._make_folder()
+        self._acquire()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise JournalError(
-                f"cannot create the journal's folder: {exc.strerror}", where=Location(self.path)
-            ) from None
-        if self._lock is not None:
-            try:
-                self._lock.acquire(timeout=0)
-            except filelock.Timeout:
-                raise JournalError(
-                    "another bulkmail run of this campaign is in progress; wait for it to "
-                    "finish (or stop it) before starting again",
-                    where=Location(self.path),
-                ) from None
-        try:
-            self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
+            self._connect()
+            self._check_and_migrate()
+            for path in self._files():
+                _owner_only(path)
         except BaseException as exc:
-            # Refused (newer schema) or unusable: release the lock at once, and keep
-            # nothing of a migration that failed half-way.
-            if self._db is not None and self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            self.close()
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise JournalError(
-                    f"cannot use the journal: {exc}", where=Location(self.path)
-                ) from exc
+            self._discard()
+            if isinstance(exc, sqlite3.Error):
+                raise _sqlite_error(self.path, exc) from exc
+            if isinstance(exc, OSError):
+                raise _os_error(self.path, exc, "cannot open the journal") from exc
             raise
 
-    def _migrate(self) -> None:
+    def _make_folder(self) -> None:
+        folder = self.path.parent
+        try:
+            folder.mkdir(mode=0o700, parents=True)
+            folder.chmod(0o700)  # the umask may have taken the owner's own bits
+        except FileExistsError:
+            _owner_only(folder)
+        except OSError as exc:
+            raise _os_error(self.path, exc, "cannot create the journal's folder") from None
+
+    def _acquire(self) -> None:
+        if self._lock is None:
+            return
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise JournalError(
+                "another bulkmail run of this campaign is in progress; wait for it to "
+                "finish (or stop it) before starting again",
+                where=Location(self.path),
+            ) from None
+        except OSError as exc:
+            raise _os_error(self.path, exc, "cannot lock the journal") from None
+
+    def _connect(self) -> None:
+        if not self.path.exists():
+            if self._lock is None:  # only a run, holding the lock, makes a journal
+                raise JournalError("there is no journal yet", where=Location(self.path))
+            self._create()
+        if self.path.stat().st_size == 0:
+            raise JournalError(
+                f"the journal is empty (0 bytes), so it cannot tell who was already "
+                f"mailed; {_UNTRUSTED}",
+                where=Location(self.path),
+            )
+        if not os.access(self.path, os.R_OK | os.W_OK):
+            # SQLite would open it read-only without a word and fail at the first write.
+            raise _permission_denied(self.path)
+        self._db = _connect(self.path)
+
+    def _create(self) -> None:
+        """Build a new journal beside its place, then move it there complete.
+
+        So a journal file that exists was finished by bulkmail and names its campaign:
+        an empty or foreign file is never mistaken for a new journal.
+        """
+        new = self.path.with_name(self.path.name + ".new")
+        for leftover in _database_files(new):  # of a creation cut short
+            leftover.unlink(missing_ok=True)
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask: the WAL and SHM files copy this mode
+        finally:
+            os.close(fd)
+        db = _connect(new)
+        try:
+            db.execute("BEGIN")
+            for statement in _TABLES:
+                db.execute(statement)
+            db.execute("INSERT INTO meta (key, value) VALUES ('campaign', ?)", (self.campaign,))
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        finally:
+            db.close()  # checkpoints the WAL into the file and removes it
+        os.replace(new, self.path)
+        _sync_folder(self.path.parent)
+
+    def _check_and_migrate(self) -> None:
         db = self._conn
+        problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            detail = " ".join(str(problem).replace("*** in database main ***", "").split())
+            raise JournalError(
+                f"the journal is damaged ({detail}); {_UNTRUSTED}", where=Location(self.path)
+            )
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise JournalError(
@@ -146,8 +274,59 @@ class Journal(Opened):
                 f"knows {SCHEMA_VERSION}); upgrade bulkmail",
                 where=Location(self.path),
             )
-        if version < SCHEMA_VERSION:
-            db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        if version == 0 or _TABLE_NAMES - tables:
+            raise JournalError(
+                f"this file is not a bulkmail journal; {_UNTRUSTED}", where=Location(self.path)
+            )
+        db.execute("PRAGMA journal_mode=WAL")
+        if version == 1:
+            self._migrate_from_1()
+        named = self.get_meta("campaign")
+        if named is None:
+            raise JournalError(
+                f"this journal names no campaign: it is damaged, or not a bulkmail journal; "
+                f"{_UNTRUSTED}",
+                where=Location(self.path),
+            )
+        if named != self.campaign:
+            raise JournalError(
+                f"this journal belongs to campaign {named!r}, not {self.campaign!r}; put "
+                f"{self.campaign!r}'s own journal back (from a backup), or delete this file "
+                f"only if no mail of {self.campaign!r} was ever sent",
+                where=Location(self.path),
+            )
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 keyed recipients by address with only the domain lower-cased.
+
+        Every key is recomputed with `address_key`; rows that now share a key merge into
+        the one that got furthest, with the attempts of all, so that nobody already
+        mailed is mailed again. The journal gets the campaign's name.
+        """
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        merged: dict[str, list[Any]] = {}
+        for row in db.execute(f"SELECT {_COLUMNS} FROM recipients").fetchall():
+            values = list(row)
+            key = values[0] = address_key(str(row[1]))
+            kept = merged.get(key)
+            if kept is None:
+                merged[key] = values
+                continue
+            attempts = kept[5] + values[5]
+            firsts = [t for t in (kept[9], values[9]) if t is not None]
+            if _rank(values) > _rank(kept):
+                merged[key] = kept = values
+            kept[5], kept[9] = attempts, min(firsts, default=None)
+        db.execute("DELETE FROM recipients")
+        db.executemany(
+            f"INSERT INTO recipients ({_COLUMNS}) VALUES ({', '.join('?' * 11)})",
+            merged.values(),
+        )
+        db.execute("INSERT INTO meta (key, value) VALUES ('campaign', ?)", (self.campaign,))
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -157,34 +336,59 @@ class Journal(Opened):
 
     def close(self) -> None:
         """Commit what is pending, close the database and release the lock."""
-        if self._db is not None:
-            if self._db.in_transaction:
-                self._db.execute("COMMIT")
-            self._db.close()
-            self._db = None
+        db, self._db = self._db, None
+        try:
+            if db is not None:
+                try:
+                    if db.in_transaction:
+                        db.execute("COMMIT")
+                finally:
+                    db.close()
+        except sqlite3.Error as exc:
+            raise _sqlite_error(self.path, exc) from exc
+        finally:
+            self._release()
+
+    def _discard(self) -> None:
+        """Close without committing, and release the lock: an open that was refused or
+        failed keeps nothing of a migration cut half-way, and blocks no later run."""
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+        self._release()
+
+    def _release(self) -> None:
         if self._lock is not None and self._lock.is_locked:
             self._lock.release()
 
     # --- campaign-wide facts -------------------------------------------------------------
 
+    @_translated
     def get_meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    @_translated
     def set_meta(self, key: str, value: str) -> None:
-        self._write(
+        self._conn.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
 
+    @_translated
     def start_run(self) -> None:
-        cursor = self._write("INSERT INTO runs (started) VALUES (?)", (time.time(),))
+        cursor = self._conn.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),))
         self._run_id = cursor.lastrowid
 
+    @_translated
     def finish_run(self, outcome: str) -> None:
         if self._run_id is not None:
-            self._write(
+            self._conn.execute(
                 "UPDATE runs SET finished = ?, outcome = ? WHERE id = ?",
                 (time.time(), outcome, self._run_id),
             )
@@ -192,6 +396,7 @@ class Journal(Opened):
 
     # --- recipients ----------------------------------------------------------------------
 
+    @_translated
     def plan(self, recipient: Recipient, status: Status = Status.PENDING, reply: str = "") -> None:
         """Note a recipient of the list (pending, or skipped with why); keep a known outcome.
 
@@ -199,7 +404,7 @@ class Journal(Opened):
         """
         fields = json.dumps(dict(recipient.fields), ensure_ascii=False)
         now = time.time()
-        self._write(
+        self._conn.execute(
             "INSERT INTO recipients (key, email, line, fields, status, reply, updated) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET line = excluded.line, fields = excluded.fields, "
@@ -211,18 +416,24 @@ class Journal(Opened):
             (recipient.key, recipient.email, recipient.line, fields, status.value, reply, now),
         )
 
+    @_translated
     def begin_batch(self) -> None:
         """Start a transaction that `flush` (or the next `sending`) commits."""
         if not self._conn.in_transaction:
             self._conn.execute("BEGIN")
 
+    @_translated
     def status_of(self, key: str) -> Entry | None:
         row = self._conn.execute(f"SELECT {_COLUMNS} FROM recipients WHERE key = ?", (key,))
         found = row.fetchone()
         return None if found is None else _entry(found)
 
+    @_translated
     def sending(self, recipient: Recipient, message_id: str) -> None:
-        """Mark a recipient as being sent, and commit (with any outcome recorded before)."""
+        """Mark a recipient as being sent, and commit (with any outcome recorded before).
+
+        The commit is synced to disk before this returns: only then may the message go.
+        """
         self.begin_batch()
         now = time.time()
         self._conn.execute(
@@ -233,6 +444,7 @@ class Journal(Opened):
         )
         self._conn.execute("COMMIT")
 
+    @_translated
     def outcome(self, recipient: Recipient, status: Status, code: int | None, reply: str) -> None:
         """Record the server's answer; committed with the next mail's mark or by `flush`."""
         self.begin_batch()
@@ -241,6 +453,7 @@ class Journal(Opened):
             (status.value, code, reply, time.time(), recipient.key),
         )
 
+    @_translated
     def unmark(self, recipient: Recipient, status: Status) -> None:
         """Undo `sending` (back to ``status``): the mail was not handed over after all.
 
@@ -252,11 +465,13 @@ class Journal(Opened):
             (status.value, time.time(), recipient.key),
         )
 
+    @_translated
     def rollback(self) -> None:
         """Forget everything since the last commit."""
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
 
+    @_translated
     def anything_sent(self) -> bool:
         """Whether any recipient was ever handed to the server."""
         row = self._conn.execute(
@@ -264,6 +479,7 @@ class Journal(Opened):
         ).fetchone()
         return row is not None
 
+    @_translated
     def flush(self) -> None:
         """Commit every outcome recorded so far."""
         if self._conn.in_transaction:
@@ -274,9 +490,13 @@ class Journal(Opened):
         query = f"SELECT {_COLUMNS} FROM recipients"
         if statuses:
             query += f" WHERE status IN ({', '.join('?' * len(statuses))})"
-        for row in self._conn.execute(query + " ORDER BY line", [s.value for s in statuses]):
-            yield _entry(row)
+        try:
+            for row in self._conn.execute(query + " ORDER BY line", [s.value for s in statuses]):
+                yield _entry(row)
+        except sqlite3.Error as exc:
+            raise _sqlite_error(self.path, exc) from exc
 
+    @_translated
     def summary(self) -> Summary:
         db = self._conn
         counts = dict.fromkeys(Status, 0)
@@ -298,13 +518,106 @@ class Journal(Opened):
         rate = counts[Status.ACCEPTED] / busy if busy and counts[Status.ACCEPTED] else None
         return Summary(counts, runs, started, last, rate)
 
-    def _write(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:
+
+# --- the file and its errors -------------------------------------------------------------------
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    # Every commit synced to disk (the WAL, at each commit) before it returns: a power cut
+    # loses no committed mark. fullfsync: where fsync alone stops at the drive's cache (macOS).
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA fullfsync=ON")
+    return db
+
+
+def _database_files(path: Path) -> list[Path]:
+    """An SQLite database in WAL mode: the file, its WAL and its shared-memory index."""
+    return [path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))]
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _owner_only(path: Path) -> None:
+    """Take group and other access away from a file or folder of ours: they hold the list."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+        path.chmod(stat.S_IMODE(info.st_mode) & 0o700)
+
+
+def _rank(values: list[Any]) -> tuple[int, float]:
+    return _PRECEDENCE[Status(values[4])], float(values[10])
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _permission_denied(path: Path) -> JournalError:
+    """Say which of the journal's folder and files this user cannot use, and whose it is."""
+    for place in [path.parent, *_database_files(path), path.with_suffix(".lock")]:
         try:
-            return self._conn.execute(sql, params)
-        except sqlite3.OperationalError as exc:
-            raise JournalError(
-                f"cannot write the journal: {exc}", where=Location(self.path)
-            ) from exc
+            info = place.stat()
+        except OSError:
+            continue  # missing, or inside a folder found below (or above) already
+        wanted = os.R_OK | os.W_OK | (os.X_OK if stat.S_ISDIR(info.st_mode) else 0)
+        if os.access(place, wanted):
+            continue
+        if info.st_uid != os.geteuid():
+            return JournalError(
+                f"permission denied: {display_path(place)} belongs to user "
+                f"{_user(info.st_uid)}; run bulkmail as that user",
+                where=Location(path),
+            )
+        return JournalError(
+            f"permission denied: {display_path(place)} is read-only; make it writable "
+            "(chmod u+w) and rerun",
+            where=Location(path),
+        )
+    return JournalError("permission denied", where=Location(path))
+
+
+def _os_error(path: Path, exc: OSError, doing: str) -> JournalError:
+    if isinstance(exc, PermissionError):
+        return _permission_denied(path)
+    return JournalError(f"{doing}: {exc.strerror or exc}", where=Location(path))
+
+
+def _sqlite_error(path: Path, exc: sqlite3.Error) -> JournalError:
+    """A JournalError naming the file, saying what went wrong and what to do."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in (_CORRUPT, _NOTADB):
+        message = (
+            f"cannot use the journal: {exc}: it is damaged, or not a bulkmail journal; {_UNTRUSTED}"
+        )
+    elif code in (_PERM, _READONLY, _CANTOPEN):
+        denied = _permission_denied(path)
+        if denied.message != "permission denied":
+            return denied
+        message = f"cannot use the journal: {exc}"
+    elif code in (_BUSY, _LOCKED):
+        message = (
+            f"the journal is busy ({exc}): another program has held it for "
+            f"{BUSY_TIMEOUT:g} s; rerun when it is done"
+        )
+    elif code == _FULL:
+        message = f"cannot write the journal: {exc}; free some space and rerun"
+    else:
+        message = f"cannot use the journal: {exc}"
+    return JournalError(message, where=Location(path))
 
 
 _COLUMNS = (
