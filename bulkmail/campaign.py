@@ -30,7 +30,7 @@ TOP_KEYS = (
 REQUIRED = ("from", "subject", "template", "recipients")
 SMTP_KEYS = (
     "host", "port", "security", "username", "password_env", "timeout", "ca_file",
-    "local_hostname", "max_per_connection",
+    "local_hostname", "max_per_connection", "allow_plaintext_auth",
 )  # fmt: skip
 RATE_UNITS = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0}
 JOURNAL_FOLDER = ".bulkmail"
@@ -428,7 +428,7 @@ def _smtp(node: _Node, base: Path) -> SmtpSettings:
             f"{password_env!r}: must be the name of an environment variable, not the password"
         )
     max_per = get("max_per_connection", lambda n: int(n.number(minimum=1, integer=True)))
-    return SmtpSettings(
+    settings = SmtpSettings(
         host=fields["host"].text(),
         port=port or DEFAULT_PORTS[security],
         security=security,  # type: ignore[arg-type]  # checked above
@@ -438,7 +438,12 @@ def _smtp(node: _Node, base: Path) -> SmtpSettings:
         ca_file=get("ca_file", lambda n: n.file(base)),
         local_hostname=get("local_hostname", _hostname),
         max_per_connection=max_per,
+        allow_plaintext_auth=bool(get("allow_plaintext_auth", _flag)),
     )
+    problem = settings.plaintext_auth_problem()  # found here, before anything is sent
+    if problem is not None:
+        raise fields["username"].error(problem)
+    return settings
 
 
 def _rate(node: _Node) -> Rate:

@@ -28,6 +28,7 @@ from bulkmail.errors import BulkmailError, CampaignError, PreflightError, displa
 from bulkmail.journal import Entry
 from bulkmail.pipeline import CheckReport, Event, check_campaign, preview_campaign
 from bulkmail.send import SendPlan, SendReport, send_campaign, send_test
+from bulkmail.sizes import format_size
 from bulkmail.status import campaign_status, write_failed_csv
 
 
@@ -316,14 +317,6 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    raise AssertionError
-
-
 def _summary(report: CheckReport, title: str) -> rich.table.Table:
     campaign = report.campaign
     table = rich.table.Table(title=title, show_header=False, title_justify="left")
@@ -335,13 +328,14 @@ def _summary(report: CheckReport, title: str) -> rich.table.Table:
     table.add_row("mails", f"{report.mails:,}")
     table.add_row("duplicates", f"{report.duplicates:,} (mailed once)")
     table.add_row("suppressed", f"{report.suppressed:,} (not mailed)")
-    shared = ", ".join(f"{a.filename} ({_size(a.size)})" for a in report.attachments)
+    shared = ", ".join(f"{a.filename} ({format_size(a.size)})" for a in report.attachments)
     per_row = sum(1 for spec in campaign.attachments if spec.templated)
     if per_row:
         shared += f"{', ' if shared else ''}{per_row} per recipient"
     table.add_row("attachments", escape(shared or "none"))
     table.add_row(
-        "total size", f"{_size(report.total_bytes)} (largest mail {_size(report.largest)})"
+        "total size",
+        f"{format_size(report.total_bytes)} (largest mail {format_size(report.largest)})",
     )
     return table
 
@@ -461,6 +455,9 @@ class _SendProgress:
         self.task = self.progress.add_task("sending", total=None, sent=0, failed=0, rate="")
 
     def __call__(self, event: Event) -> None:
+        if event.kind in ("reconnect", "retry"):
+            self._note(event.detail)
+            return
         if event.kind == "sent":
             self.sent += 1
         elif event.kind in ("failed", "uncertain"):
@@ -477,6 +474,19 @@ class _SendProgress:
             failed=self.failed,
             rate=rate,
         )
+
+    def _note(self, text: str) -> None:
+        """One line on stderr, terminal or not: why the run slows down (a reconnect, a retry)."""
+        if not self.enabled:
+            err.print(escape(text))
+        elif err.is_terminal:
+            # The bar's screen: printed above the bar, which a plain write would garble.
+            self.progress.console.print(escape(text), soft_wrap=True)
+        else:
+            # While the bar is live, rich sends sys.stderr to the bar's console (stdout);
+            # the line belongs in the file stderr goes to.
+            stream = getattr(sys.stderr, "rich_proxied_file", sys.stderr)
+            print(text, file=stream, flush=True)
 
     def __enter__(self) -> _SendProgress:
         self.progress.start()

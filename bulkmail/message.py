@@ -65,7 +65,7 @@ POLICY = _MailPolicy(linesep="\r\n")
 POLICY_UTF8 = POLICY.clone(utf8=True)  # for SMTPUTF8 (RFC 6531): non-ASCII addresses
 
 
-def parse_sender(text: str, where: Location) -> Address:
+def parse_sender(text: str, where: Location, *, allow_special_domains: bool = False) -> Address:
     """Read ``Name <addr@example.com>`` (or a bare address) into a checked Address."""
     try:
         header = POLICY.header_factory("From", text)
@@ -76,7 +76,9 @@ def parse_sender(text: str, where: Location) -> Address:
         raise ConfigError(f"{text!r}: give exactly one address, e.g. Name <a@b.org>", where=where)
     address = addresses[0]
     try:
-        normal = check_address(address.addr_spec, where)
+        normal = check_address(
+            address.addr_spec, where, allow_special_domains=allow_special_domains
+        )
     except RecipientError as exc:
         raise ConfigError(exc.message, where=where) from None
     return Address(display_name=address.display_name, addr_spec=normal)
@@ -145,10 +147,15 @@ class MessageBuilder:
     @classmethod
     def load(cls, campaign: Campaign) -> MessageBuilder:
         """Check the sender and read and encode the attachments every mail shares."""
-        sender = parse_sender(campaign.sender, campaign.location("from"))
+        special = campaign.allow_special_domains
+        sender = parse_sender(
+            campaign.sender, campaign.location("from"), allow_special_domains=special
+        )
         headers: list[tuple[str, object]] = [("From", sender)]
         if campaign.reply_to:
-            reply_to = parse_sender(campaign.reply_to, campaign.location("reply_to"))
+            reply_to = parse_sender(
+                campaign.reply_to, campaign.location("reply_to"), allow_special_domains=special
+            )
             headers.append(("Reply-To", reply_to))
         headers.append(("X-Bulkmail-Campaign", campaign.name))
         headers.extend(campaign.headers.items())

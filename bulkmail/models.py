@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -28,6 +29,43 @@ class SmtpSettings:
     ca_file: Path | None = None
     local_hostname: str | None = None
     max_per_connection: int | None = None
+    # Log in over a connection without TLS to a host other than this machine (the
+    # password crosses the network readable): only when the user said so.
+    allow_plaintext_auth: bool = False
+
+    @property
+    def host_is_loopback(self) -> bool:
+        """Whether ``host`` names this machine as written: localhost, 127.0.0.0/8 or ::1.
+
+        Nothing is looked up: a DNS answer can change or be forged, so any other name (even
+        one that resolves to 127.0.0.1 today) counts as another machine.
+        """
+        name = self.host.strip().rstrip(".").lower()
+        if name == "localhost":
+            return True
+        try:
+            address = ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return address.ipv4_mapped.is_loopback
+        return address.is_loopback
+
+    def plaintext_auth_problem(self) -> str | None:
+        """Why logging in with these settings would expose the password, or None.
+
+        Without TLS the password crosses the network readable by anyone on the way:
+        harmless only to this machine, or where the user vouches for the network.
+        """
+        if self.security != "none" or self.username is None:
+            return None
+        if self.allow_plaintext_auth or self.host_is_loopback:
+            return None
+        return (
+            f"refusing to send the password for {self.username} in clear to {self.host}"
+            " (security: none); use `security: starttls` or `security: ssl`, or set"
+            " `allow_plaintext_auth: true` if the network to that host is trusted"
+        )
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,15 @@ def build_mails(
     ``limit`` all the same)."""
     factory = MailFactory(campaign)  # compiles and reads everything: fails early, here
     report.attachments = tuple(info for _, info in factory.builder.shared.values())
-    suppressed = load_suppressed(campaign.suppress) if campaign.suppress else frozenset()
+    suppressed = (
+        load_suppressed(
+            campaign.suppress,
+            delimiter=campaign.suppress_delimiter,
+            allow_special_domains=campaign.allow_special_domains,
+        )
+        if campaign.suppress
+        else frozenset()
+    )
     total = count_rows(campaign.recipients)
     if limit is not None and total is not None:
         total = min(total, limit)
@@ -128,7 +136,13 @@ def build_mails(
 
     def recipients() -> Iterator[tuple[int, Recipient]]:
         index = 0
-        for row in iter_recipients(campaign.recipients, suppressed=suppressed):
+        rows = iter_recipients(
+            campaign.recipients,
+            suppressed=suppressed,
+            delimiter=campaign.recipients_delimiter,
+            allow_special_domains=campaign.allow_special_domains,
+        )
+        for row in rows:
             if limit is not None and index >= limit:
                 return
             if isinstance(row, CampaignError):

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bulkmail.errors import (
     BulkmailError,
@@ -48,7 +49,14 @@ from bulkmail.pipeline import (
 from bulkmail.ratelimit import limiter_for
 from bulkmail.recipients import Skipped, check_address, iter_recipients
 from bulkmail.render import Renderer
-from bulkmail.smtp import DeliveryUncertain, SMTPTransport, resolve_password
+from bulkmail.smtp import (
+    DeliveryUncertain,
+    EventHandler,
+    SendCancelled,
+    SMTPTransport,
+    event_text,
+    resolve_password,
+)
 from bulkmail.transport import Transport
 
 MAX_LISTED = 20
@@ -244,8 +252,15 @@ def send_campaign(
             return report
         if confirm is not None and not confirm(plan):
             raise CampaignError("cancelled")
+        stop = stop or threading.Event()
         if transport is None:
-            transport = _smtp_transport(campaign, password, prompt)
+            transport = _smtp_transport(
+                campaign,
+                password,
+                prompt,
+                on_event=_transport_events(campaign, report, on_event),
+                sleep=stop.wait,  # a stop cuts a retry's wait short
+            )
         _deliver(
             campaign,
             journal,
@@ -255,7 +270,7 @@ def send_campaign(
             limit=limit,
             retry_failed=retry_failed,
             resend_uncertain=resend_uncertain,
-            stop=stop or threading.Event(),
+            stop=stop,
             on_event=on_event,
         )
     return report
@@ -332,6 +347,13 @@ def _deliver(
                         report.failures.append((mail.recipient, str(exc)))
                     emit("failed", mail, str(exc))
                     continue
+                except SendCancelled:
+                    # Stopped while waiting to retry a 4xx: never handed over, so it is
+                    # put back as it was, and the run ends as interrupted.
+                    journal.unmark(mail.recipient, entry.status)
+                    report.interrupted = True
+                    outcome = "interrupted"
+                    break
                 except DeliveryUncertain as exc:
                     # Left as "sending": the next run reports it and does not resend it.
                     report.uncertain += 1
@@ -363,14 +385,37 @@ def _deliver(
 
 
 def _smtp_transport(
-    campaign: Campaign, password: str | None, prompt: Callable[[str], str] | None
+    campaign: Campaign,
+    password: str | None,
+    prompt: Callable[[str], str] | None,
+    *,
+    on_event: EventHandler | None = None,
+    sleep: Callable[[float], bool | None] = time.sleep,
 ) -> SMTPTransport:
     """The campaign's SMTP transport, with ``password`` or the one its settings point to."""
     if campaign.smtp is None:
         raise ConfigError("no 'smtp:' settings: add them to send", where=Location(campaign.path))
     if password is None:
         password = resolve_password(campaign.smtp, prompt=prompt)
-    return SMTPTransport(campaign.smtp, password=password)
+    return SMTPTransport(campaign.smtp, password=password, on_event=on_event, sleep=sleep)
+
+
+def _transport_events(
+    campaign: Campaign, report: SendReport, on_event: OnEvent | None
+) -> EventHandler | None:
+    """Pass the transport's reconnects and 4xx retries on as run events ("reconnect",
+    "retry"), ``detail`` saying what happened: a run that slows down says why."""
+    if on_event is None or campaign.smtp is None:
+        return None
+    where = f"{campaign.smtp.host}:{campaign.smtp.port}"
+
+    def relay(name: str, info: dict[str, Any]) -> None:
+        detail = event_text(name, info, where=where)
+        if detail is not None:
+            done = report.accepted + report.failed + report.uncertain
+            on_event(Event(name, done, report.plan.to_send, detail=detail))
+
+    return relay
 
 
 def send_test(
@@ -384,17 +429,26 @@ def send_test(
 ) -> OutgoingMail:
     """Send the mail rendered for the ``row``-th recipient to ``to`` only, marked as a test.
 
-    Nothing is journaled. Example::
+    Nothing is journaled. The test mail has no List-Unsubscribe headers, but its body is
+    the row's own, unsubscribe link included: following that link unsubscribes the row's
+    subscriber. Example::
 
         send_test("campaigns/june.yaml", to="me@example.com", row=3)
     """
     campaign = as_campaign(campaign)
-    address = check_address(to, Location("--to"))
+    address = check_address(
+        to, Location("--to"), allow_special_domains=campaign.allow_special_domains
+    )
     renderer = Renderer.load(campaign)
     builder = MessageBuilder.load(campaign)
     recipient = None
     count = 0
-    for item in iter_recipients(campaign.recipients):
+    rows = iter_recipients(
+        campaign.recipients,
+        delimiter=campaign.recipients_delimiter,
+        allow_special_domains=campaign.allow_special_domains,
+    )
+    for item in rows:
         if isinstance(item, RecipientError):
             continue
         count += 1
@@ -407,7 +461,14 @@ def send_test(
             where=Location(campaign.recipients),
         )
     rendered = renderer.render(recipient)
-    rendered = dataclasses.replace(rendered, subject=f"[TEST] {rendered.subject}")
+    # No List-Unsubscribe: the mail client's Unsubscribe button would unsubscribe the row's
+    # subscriber, not the tester. The body keeps the row's link, to show the real layout.
+    rendered = dataclasses.replace(
+        rendered,
+        subject=f"[TEST] {rendered.subject}",
+        unsubscribe_url=None,
+        unsubscribe_mailto=None,
+    )
     test_recipient = dataclasses.replace(recipient, email=address, name="")
     mail = builder.build(1, test_recipient, rendered)
     if transport is None:

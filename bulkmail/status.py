@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bulkmail.errors import BulkmailError, Location
-from bulkmail.journal import Entry, Journal, Summary, journal_path
+from bulkmail.journal import Entry, Journal, Summary, journal_exists, journal_path
 from bulkmail.models import Campaign, Status
 from bulkmail.pipeline import as_campaign
 
@@ -36,7 +36,7 @@ def campaign_status(campaign: Campaign | str | Path) -> CampaignStatus:
     """
     campaign = as_campaign(campaign)
     path = journal_path(campaign.journal_dir, campaign.name)
-    if not path.exists():
+    if not journal_exists(path):
         return CampaignStatus(campaign, path, None, [], [])
     with Journal(path, lock=False) as journal:
         return CampaignStatus(

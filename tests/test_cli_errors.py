@@ -122,7 +122,9 @@ CASES: dict[str, tuple[Callable[[CampaignDir], object], list[str]]] = {
     "missing email column": (
         lambda c: c.csv([{"mail": "a@example.com", "first_name": "A"}]),
         [
-            "error: campaigns/list.csv:1: no 'email' column (the header has: mail, first_name)",
+            "error: campaigns/list.csv:1: no 'email' column (the header has: mail, first_name); "
+            "if the columns are separated by another character, say which: "
+            'recipients: {path: list.csv, delimiter: ";"}',
             "nothing was sent.",
         ],
     ),

@@ -83,12 +83,14 @@ def test_bad_rows_are_yielded_as_errors_and_the_rest_go_on(tmp_path: Path) -> No
     assert isinstance(fine, Recipient)
 
 
-def test_duplicates_are_skipped_with_a_domain_compared_case_insensitively(tmp_path: Path) -> None:
+def test_duplicates_are_skipped_with_the_address_compared_case_insensitively(
+    tmp_path: Path,
+) -> None:
     path = write(
         tmp_path, "email\nann@example.com\nbob@example.com\nann@EXAMPLE.COM\nAnn@example.com\n"
     )
     results = rows(path)
-    assert [type(r).__name__ for r in results] == ["Recipient", "Recipient", "Skipped", "Recipient"]
+    assert [type(r).__name__ for r in results] == ["Recipient", "Recipient", "Skipped", "Skipped"]
     skipped = results[2]
     assert isinstance(skipped, Skipped)
     assert (skipped.reason, skipped.detail) == ("duplicate", "same address as line 2")
