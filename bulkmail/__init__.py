@@ -1,26 +1,40 @@
-"""bulkmail: send personalised newsletters over SMTP, checked first, sent once, resumable."""
+"""bulkmail: send personalised newsletters over SMTP, checked first, sent once, resumable.
 
-from bulkmail.campaign import load_campaign
-from bulkmail.errors import (
-    AttachmentError,
-    AuthError,
-    BulkmailError,
-    CampaignError,
-    ConfigError,
-    ConnectError,
-    DeliveryError,
-    JournalError,
-    Location,
-    PreflightError,
-    RecipientError,
-    RecipientRefused,
-    TemplateError,
-    TLSError,
-)
-from bulkmail.models import Campaign, OutgoingMail, Recipient
-from bulkmail.pipeline import CheckReport, Event, PreviewReport, check_campaign, preview_campaign
-from bulkmail.send import SendPlan, SendReport, send_campaign, send_test
-from bulkmail.status import CampaignStatus, campaign_status
+The names below are loaded on first use (PEP 562), so that ``import bulkmail`` is cheap:
+the ``bulkmail`` command starts its signal handling before the heavy modules load.
+"""
+
+import importlib
+import typing
+
+if typing.TYPE_CHECKING:
+    from bulkmail.campaign import load_campaign
+    from bulkmail.errors import (
+        AttachmentError,
+        AuthError,
+        BulkmailError,
+        CampaignError,
+        ConfigError,
+        ConnectError,
+        DeliveryError,
+        JournalError,
+        Location,
+        PreflightError,
+        RecipientError,
+        RecipientRefused,
+        TemplateError,
+        TLSError,
+    )
+    from bulkmail.models import Campaign, OutgoingMail, Recipient
+    from bulkmail.pipeline import (
+        CheckReport,
+        Event,
+        PreviewReport,
+        check_campaign,
+        preview_campaign,
+    )
+    from bulkmail.send import SendPlan, SendReport, send_campaign, send_test
+    from bulkmail.status import CampaignStatus, campaign_status
 
 __all__ = [
     "AttachmentError",
@@ -53,3 +67,35 @@ __all__ = [
     "send_campaign",
     "send_test",
 ]
+
+# The module each exported name is defined in.
+_HOMES = {
+    "load_campaign": "campaign",
+    "Campaign": "models",
+    "OutgoingMail": "models",
+    "Recipient": "models",
+    "CheckReport": "pipeline",
+    "Event": "pipeline",
+    "PreviewReport": "pipeline",
+    "check_campaign": "pipeline",
+    "preview_campaign": "pipeline",
+    "SendPlan": "send",
+    "SendReport": "send",
+    "send_campaign": "send",
+    "send_test": "send",
+    "CampaignStatus": "status",
+    "campaign_status": "status",
+}
+
+
+def __getattr__(name: str) -> typing.Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'bulkmail' has no attribute {name!r}")
+    module = importlib.import_module(f"bulkmail.{_HOMES.get(name, 'errors')}")
+    value = getattr(module, name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

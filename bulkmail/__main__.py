@@ -1,5 +1,5 @@
 """``python -m bulkmail``: the same as the ``bulkmail`` command."""
 
-from bulkmail.cli import main
+from bulkmail.launch import main
 
 main()

@@ -51,10 +51,11 @@ _factory: MailFactory | None = None
 
 def _start_worker(campaign: Campaign) -> None:
     global _factory
-    # Ctrl-C and a SIGTERM to the process group reach the workers too: the main process
+    # Ctrl-C, SIGTERM and SIGHUP to the process group reach the workers too: the main process
     # decides what to do, and ends them when it is done.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _factory = MailFactory(campaign)
 

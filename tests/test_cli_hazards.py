@@ -263,6 +263,39 @@ def test_ctrl_c_during_the_preflight_with_workers_stops_at_once_sending_nothing(
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
 
 
+# Runs the console script's entry point with the import of jinja2 held until Ctrl-C comes,
+# so that the signal lands while bulkmail is still loading.
+SLOW_IMPORT = """
+import sys, time
+class HoldJinja:
+    def find_spec(self, name, path=None, target=None):
+        if name == "jinja2":
+            sys.stderr.write("loading jinja2\\n"); sys.stderr.flush()
+            time.sleep(30)
+        return None
+sys.meta_path.insert(0, HoldJinja())
+sys.argv = ["bulkmail", *sys.argv[1:]]
+from bulkmail.launch import main
+main()
+"""
+
+
+def test_ctrl_c_while_bulkmail_is_still_loading_is_one_line(campaign: CampaignDir) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_IMPORT, *RUN],
+        cwd=campaign.root, env=environment(),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    assert "loading jinja2" in read_until(process.stderr.fileno(), "loading jinja2")
+    process.send_signal(signal.SIGINT)
+    code, out, err = finish(process)
+
+    assert code == 130
+    assert err == "interrupted; nothing was sent.\n"
+    assert out == ""
+
+
 def test_ctrl_c_at_the_question_stops_at_once(
     campaign: CampaignDir, smtpd: Server, terminal: tuple[int, int]
 ) -> None:

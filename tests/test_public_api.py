@@ -33,8 +33,8 @@ def test_every_name_in_all_is_importable(name: str) -> None:
 def test_every_public_name_of_the_package_is_in_all() -> None:
     public = {
         name
-        for name, value in vars(bulkmail).items()
-        if not name.startswith("_") and not isinstance(value, ModuleType)
+        for name in dir(bulkmail)
+        if not name.startswith("_") and not isinstance(getattr(bulkmail, name), ModuleType)
     }
 
     assert public == set(bulkmail.__all__)
