@@ -8,15 +8,13 @@ import errno
 import getpass
 import importlib.metadata
 import json
-import os
 import shlex
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TextIO, cast
+from typing import Annotated, Any
 
 import rich.console
 import rich.table
@@ -30,6 +28,7 @@ from bulkmail.pipeline import CheckReport, Event, check_campaign, preview_campai
 from bulkmail.send import SendPlan, SendReport, send_campaign, send_test
 from bulkmail.sizes import format_size
 from bulkmail.status import campaign_status, write_failed_csv
+from bulkmail.terminal import Signals, Stream, guard_output
 
 
 class _FlagsShownAsFlags:
@@ -102,186 +101,8 @@ def _options(
     """Send personalised newsletters over SMTP: checked first, sent once, resumable."""
 
 
-# --- terminals, pipes and signals ----------------------------------------------------------
-
-
-class _Stream:
-    """stdout or stderr, whose writes never fail: a closed pipe (``| head``) or a terminal
-    that hung up must not stop a run half-way, nor change what its exit code says.
-
-    The first failure points the file descriptor at /dev/null (so that Python's own flush
-    at exit is quiet too) and is kept in ``lost``.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.lost: OSError | None = None
-
-    def write(self, text: str) -> int:
-        if self.lost is None:
-            try:
-                self.stream.write(text)
-            except OSError as exc:
-                self._lose(exc)
-        return len(text)
-
-    def flush(self) -> None:
-        if self.lost is None:
-            try:
-                self.stream.flush()
-            except OSError as exc:
-                self._lose(exc)
-
-    def _lose(self, exc: OSError) -> None:
-        self.lost = exc
-        with contextlib.suppress(OSError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.stream.fileno())
-            os.close(devnull)
-            self.stream.flush()  # what it still holds goes to /dev/null
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
-
-
-def _guard_output() -> _Stream:
-    """Put sys.stdout and sys.stderr behind `_Stream`; return stdout's."""
-    streams = []
-    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
-        guarded = _Stream(stream if stream is not None else _closed_output(fd))
-        if stream is None:  # started with the descriptor closed (`>&-`)
-            guarded.lost = OSError(errno.EBADF, os.strerror(errno.EBADF))
-        streams.append(guarded)
-    sys.stdout, sys.stderr = cast(TextIO, streams[0]), cast(TextIO, streams[1])
-    return streams[0]
-
-
-def _closed_output(fd: int) -> TextIO:
-    """/dev/null on descriptor ``fd``, which was closed: else the next file opened (the
-    journal) would get that number, and whatever writes to stdout would write into it."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    if devnull != fd:
-        os.dup2(devnull, fd)
-        os.close(devnull)
-    return open(fd, "w", encoding="utf-8", closefd=False)
-
-
-def _say(line: str) -> None:
-    """One line on stderr from a signal handler: a single write, and never an exception
-    (the main thread may be inside a write to stderr, or the terminal may be gone)."""
-    try:
-        os.write(sys.stderr.fileno(), f"{line}\n".encode(errors="replace"))
-    except (OSError, ValueError):  # not a file (in-process tests): the stream, if it can
-        with contextlib.suppress(Exception):
-            sys.stderr.write(f"{line}\n")
-
-
-class _Signals:
-    """What SIGINT, SIGTERM and SIGHUP do to a bulkmail command.
-
-    Each stops the command at once: one line on stderr, then exit 130 (as a
-    KeyboardInterrupt, so that the journal is closed and worker processes are ended on the
-    way out). While a run is sending (``stop`` given), the first one asks it to stop after
-    the mail in flight, whose outcome is journaled, so nobody is left in doubt; a second
-    Ctrl-C stops at once. SIGHUP (the terminal closed, an SSH session dropped) is treated
-    as SIGTERM. A signal ignored when bulkmail started (nohup, a script's background job)
-    stays ignored.
-
-    While worker processes may be starting (``deferred``), the KeyboardInterrupt waits for
-    the next `checkpoint` (the next mail built): raised inside multiprocessing or an
-    at-fork hook, Python would print it as "Exception ignored", lose it, and leave the
-    pool's and filelock's state half-changed. A second Ctrl-C does not wait.
-    """
-
-    HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    BEFORE_SENDING = "interrupted; nothing was sent."
-
-    def __init__(self) -> None:
-        self.message = "interrupted."  # what a signal that stops at once says
-        self.stop: threading.Event | None = None  # set while mails go out
-        self.deferred = False
-        self.prompting = False  # a question waits on its line: answer on a new one
-        self.interrupted = False  # a signal stopped the command at once (and said so)
-        self._pid = os.getpid()
-        self._depth = 0
-
-    def install(self) -> None:
-        """Handle them from now on, in this process (the ``bulkmail`` command's)."""
-        self._pid = os.getpid()
-        for sig in self.HANDLED:
-            if signal.getsignal(sig) != signal.SIG_IGN:
-                signal.signal(sig, self._handle)
-
-    @contextlib.contextmanager
-    def handled(self) -> Iterator[None]:
-        """Handle them in this block, whose handlers before are back after it (the
-        command's process has them already; a test calling the app has not)."""
-        if self._depth == 0:
-            self._pid = os.getpid()
-            self.now("interrupted.")
-            self.interrupted = False
-        previous = {}
-        for sig in self.HANDLED:
-            if signal.getsignal(sig) != signal.SIG_IGN:
-                previous[sig] = signal.signal(sig, self._handle)
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            for sig, old in previous.items():
-                signal.signal(sig, old if old is not None else signal.SIG_DFL)
-
-    def ignore(self) -> None:
-        """From now on ignore them: bulkmail is exiting with everything said, and a
-        KeyboardInterrupt at that point would only be a traceback."""
-        for sig in self.HANDLED:
-            if signal.getsignal(sig) == self._handle:
-                signal.signal(sig, signal.SIG_IGN)
-
-    def now(
-        self, message: str, *, stop: threading.Event | None = None, deferred: bool = False
-    ) -> None:
-        """From now on a signal says ``message`` and stops at once (at the next
-        checkpoint if ``deferred``), or, with ``stop``, asks the run to stop after the
-        current mail."""
-        self.message, self.stop, self.deferred = message, stop, deferred
-
-    @contextlib.contextmanager
-    def at_once(self, message: str, *, deferred: bool = False) -> Iterator[None]:
-        """In this block a signal stops at once, saying ``message``."""
-        saved = self.message, self.stop, self.deferred
-        self.now(message, deferred=deferred)
-        try:
-            yield
-        finally:
-            self.message, self.stop, self.deferred = saved
-
-    def checkpoint(self) -> None:
-        """Raise the KeyboardInterrupt that a signal asked for, if it is still to come."""
-        if self.interrupted and self.stop is None:
-            raise KeyboardInterrupt
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if os.getpid() != self._pid:
-            return  # a worker, forked before it set its own: the main process decides
-        stop = self.stop
-        if stop is not None and not (stop.is_set() and signum == signal.SIGINT):
-            if not stop.is_set():
-                stop.set()
-                name = "" if signum == signal.SIGINT else f"{signal.Signals(signum).name}: "
-                _say(f"{name}stopping after the current mail (Ctrl-C again to stop at once)...")
-            return
-        if not self.interrupted:
-            self.interrupted = True
-            _say(("\n" if self.prompting else "") + self.message)
-            if self.deferred:
-                return
-        raise KeyboardInterrupt
-
-
-_signals = _Signals()
-_stdout: _Stream | None = None  # set by `main`: the command's stdout, whose loss is told
+_signals = Signals()
+_stdout: Stream | None = None  # set by `main`: the command's stdout, whose loss is told
 
 
 def _stdout_lost() -> OSError | None:
@@ -569,7 +390,7 @@ def _confirm(
         for warning in plan.check.warnings:
             err.print(f"[yellow]warning[/]: {escape(warning)}")
         mails = f"{plan.to_send:,} mail{'' if plan.to_send == 1 else 's'}"
-        with _signals.at_once(_Signals.BEFORE_SENDING):
+        with _signals.at_once(Signals.BEFORE_SENDING):
             agreed = yes or _ask(f"Send {mails} now?", console)
         if agreed:
             progress.send()
@@ -585,7 +406,7 @@ def _password_prompt() -> Callable[[str], str] | None:
         return None
 
     def ask(text: str) -> str:
-        with _signals.at_once(_Signals.BEFORE_SENDING):  # asked before connecting
+        with _signals.at_once(Signals.BEFORE_SENDING):  # asked before connecting
             return getpass.getpass(text)
 
     return ask
@@ -756,7 +577,7 @@ def run(
     resume = f"interrupted; rerun `{command}` to resume where it stopped."
     with user_errors(), _signals.handled():
         # Nothing to finish: stop at once (at the next mail built: workers may be starting)
-        _signals.now(_Signals.BEFORE_SENDING, deferred=True)
+        _signals.now(Signals.BEFORE_SENDING, deferred=True)
         if not yes and not sys.stdin.isatty():
             raise CampaignError("no terminal to confirm on: add --yes to send")
         with _RunProgress() as progress:
@@ -901,7 +722,7 @@ def _entry_json(entry: Entry) -> dict[str, object]:
 def main() -> None:
     """Entry point of the ``bulkmail`` console script."""
     global _stdout
-    _stdout = _guard_output()
+    _stdout = guard_output()
     sys.unraisablehook = _unraisable
     _signals.install()
     try:
@@ -918,7 +739,7 @@ def main() -> None:
 def _unraisable(info: Any) -> None:
     """Python's report of an exception it had to ignore, but for a KeyboardInterrupt: a
     signal handled in an at-fork hook or a __del__ is not a traceback for the user (and
-    `_Signals.checkpoint` raises it again)."""
+    `Signals.checkpoint` raises it again)."""
     if not issubclass(info.exc_type, KeyboardInterrupt):
         sys.__unraisablehook__(info)
 
