@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bulkmail.journal import Journal, journal_path
+from bulkmail.journal.sqlite import Journal, journal_path
 from bulkmail.models import Recipient, Status
 
 BENCH = Path(__file__).resolve().parent

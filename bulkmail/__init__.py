@@ -8,7 +8,6 @@ import importlib
 import typing
 
 if typing.TYPE_CHECKING:
-    from bulkmail.campaign import load_campaign
     from bulkmail.errors import (
         AttachmentError,
         AuthError,
@@ -25,6 +24,8 @@ if typing.TYPE_CHECKING:
         TemplateError,
         TLSError,
     )
+    from bulkmail.journal.status import CampaignStatus, campaign_status
+    from bulkmail.load.campaign import load_campaign
     from bulkmail.models import Campaign, OutgoingMail, Recipient
     from bulkmail.pipeline import (
         CheckReport,
@@ -34,7 +35,6 @@ if typing.TYPE_CHECKING:
         preview_campaign,
     )
     from bulkmail.send import SendPlan, SendReport, send_campaign, send_test
-    from bulkmail.status import CampaignStatus, campaign_status
 
 __all__ = [
     "AttachmentError",
@@ -70,7 +70,7 @@ __all__ = [
 
 # The module each exported name is defined in.
 _HOMES = {
-    "load_campaign": "campaign",
+    "load_campaign": "load.campaign",
     "Campaign": "models",
     "OutgoingMail": "models",
     "Recipient": "models",
@@ -83,8 +83,8 @@ _HOMES = {
     "SendReport": "send",
     "send_campaign": "send",
     "send_test": "send",
-    "CampaignStatus": "status",
-    "campaign_status": "status",
+    "CampaignStatus": "journal.status",
+    "campaign_status": "journal.status",
 }
 
 

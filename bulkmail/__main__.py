@@ -1,5 +1,5 @@
 """``python -m bulkmail``: the same as the ``bulkmail`` command."""
 
-from bulkmail.launch import main
+from bulkmail.cli.launch import main
 
 main()

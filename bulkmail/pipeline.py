@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bulkmail.campaign import load_campaign
+from bulkmail.compose.workers import MailFactory, build_in_order, default_workers
+from bulkmail.deliver.preview import PreviewTransport
 from bulkmail.errors import CampaignError, PreflightError
+from bulkmail.load.campaign import load_campaign
+from bulkmail.load.recipients import Skipped, iter_recipients, load_suppressed
 from bulkmail.models import Attachment, Campaign, OutgoingMail, Recipient
-from bulkmail.preview import PreviewTransport
-from bulkmail.recipients import Skipped, iter_recipients, load_suppressed
-from bulkmail.workers import MailFactory, build_in_order, default_workers
 
 MAX_PROBLEMS = 20
 # Gmail and Yahoo require one-click unsubscribe from bulk senders (2024); below this many

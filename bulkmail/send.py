@@ -25,6 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bulkmail.compose.message import MessageBuilder
+from bulkmail.compose.render import Renderer
+from bulkmail.deliver.ratelimit import limiter_for
+from bulkmail.deliver.smtp import (
+    DeliveryUncertain,
+    EventHandler,
+    SendCancelled,
+    SMTPTransport,
+    event_text,
+    resolve_password,
+)
+from bulkmail.deliver.transport import Transport
 from bulkmail.errors import (
     BulkmailError,
     CampaignError,
@@ -34,8 +46,8 @@ from bulkmail.errors import (
     RecipientError,
     RecipientRefused,
 )
-from bulkmail.journal import Entry, Journal, journal_path
-from bulkmail.message import MessageBuilder
+from bulkmail.journal.sqlite import Entry, Journal, journal_path
+from bulkmail.load.recipients import Skipped, check_address, iter_recipients
 from bulkmail.models import Campaign, OutgoingMail, Recipient, Status
 from bulkmail.pipeline import (
     CheckReport,
@@ -46,18 +58,6 @@ from bulkmail.pipeline import (
     as_campaign,
     build_mails,
 )
-from bulkmail.ratelimit import limiter_for
-from bulkmail.recipients import Skipped, check_address, iter_recipients
-from bulkmail.render import Renderer
-from bulkmail.smtp import (
-    DeliveryUncertain,
-    EventHandler,
-    SendCancelled,
-    SMTPTransport,
-    event_text,
-    resolve_password,
-)
-from bulkmail.transport import Transport
 
 MAX_LISTED = 20
 

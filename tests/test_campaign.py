@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from builders import CampaignDir
 
-from bulkmail.campaign import load_campaign
 from bulkmail.errors import ConfigError
+from bulkmail.load.campaign import load_campaign
 
 EXAMPLE = Path(__file__).parent.parent / "campaigns" / "june.yaml"
 

@@ -9,7 +9,7 @@ import pytest
 from builders import CSV_ROWS, CampaignDir
 from typer.testing import CliRunner
 
-from bulkmail.cli import app
+from bulkmail.cli.app import app
 
 runner = CliRunner()
 

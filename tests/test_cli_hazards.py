@@ -31,8 +31,8 @@ from conftest import PASSWORD, PASSWORD_ENV, DataHold, Server, TLSPair
 from test_send import people, smtp_settings
 from typer.testing import CliRunner
 
-from bulkmail.cli import app
-from bulkmail.journal import Journal, journal_path
+from bulkmail.cli.app import app
+from bulkmail.journal.sqlite import Journal, journal_path
 from bulkmail.models import Recipient, Status
 
 RUN = ("run", "campaigns/test.yaml", "--yes")
@@ -275,7 +275,7 @@ class HoldJinja:
         return None
 sys.meta_path.insert(0, HoldJinja())
 sys.argv = ["bulkmail", *sys.argv[1:]]
-from bulkmail.launch import main
+from bulkmail.cli.launch import main
 main()
 """
 

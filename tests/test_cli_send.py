@@ -17,7 +17,7 @@ from conftest import PASSWORD, PASSWORD_ENV, USERNAME, Server, TLSPair
 from test_send import people, smtp_settings
 from typer.testing import CliRunner, Result
 
-from bulkmail.cli import app
+from bulkmail.cli.app import app
 
 runner = CliRunner()
 RUN = ["run", "campaigns/test.yaml", "--yes"]

@@ -25,10 +25,10 @@ from bulkmail import (
     check_campaign,
     load_campaign,
 )
-from bulkmail.cli import app
+from bulkmail.cli.app import app
+from bulkmail.compose.render import Renderer
+from bulkmail.load.recipients import Skipped, iter_recipients, load_suppressed
 from bulkmail.models import address_key
-from bulkmail.recipients import Skipped, iter_recipients, load_suppressed
-from bulkmail.render import Renderer
 
 runner = CliRunner()
 

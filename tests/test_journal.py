@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import bulkmail.journal
+import bulkmail.journal.sqlite
 from bulkmail.errors import JournalError
-from bulkmail.journal import SCHEMA_VERSION, Entry, Journal, journal_path
+from bulkmail.journal.sqlite import SCHEMA_VERSION, Entry, Journal, journal_path
 from bulkmail.models import Recipient, Status
 
 
@@ -26,7 +26,7 @@ def path(tmp_path: Path) -> Path:
 
 
 class Clock:
-    """Stands in for the time module inside bulkmail.journal."""
+    """Stands in for the time module inside bulkmail.journal.sqlite."""
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -38,7 +38,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock(1_000_000.0)
-    monkeypatch.setattr(bulkmail.journal, "time", types.SimpleNamespace(time=clock.time))
+    monkeypatch.setattr(bulkmail.journal.sqlite, "time", types.SimpleNamespace(time=clock.time))
     return clock
 
 

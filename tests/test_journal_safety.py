@@ -20,13 +20,13 @@ from conftest import PASSWORD, PASSWORD_ENV, Server, TLSPair
 from test_send import people, smtp_settings
 from typer.testing import CliRunner, Result
 
-import bulkmail.journal
-from bulkmail.cli import app
+import bulkmail.journal.sqlite
+from bulkmail.cli.app import app
+from bulkmail.deliver.smtp import SMTPTransport
 from bulkmail.errors import CampaignError, JournalError
-from bulkmail.journal import SCHEMA_VERSION, Journal, journal_path
+from bulkmail.journal.sqlite import SCHEMA_VERSION, Journal, journal_path
 from bulkmail.models import OutgoingMail, Recipient, Status, address_key
 from bulkmail.send import send_campaign
-from bulkmail.smtp import SMTPTransport
 
 runner = CliRunner()
 RUN = ["run", "campaigns/test.yaml", "--yes"]
@@ -221,7 +221,7 @@ def test_error_after_opening_is_a_journal_error_naming_the_file(
 ) -> None:
     path = journal_path(tmp_path, "june")
     ann = Recipient(2, "ann@example.com", "", {})
-    monkeypatch.setattr(bulkmail.journal, "BUSY_TIMEOUT", 0.05, raising=False)
+    monkeypatch.setattr(bulkmail.journal.sqlite, "BUSY_TIMEOUT", 0.05, raising=False)
     with Journal(path) as journal:
         journal.begin_batch()
         journal.plan(ann)
@@ -447,7 +447,7 @@ def whole_address_key(email: str) -> str:
 def new_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keys as address_key makes them once it compares whole addresses (issue 8)."""
     if address_key("Bob@example.com") != address_key("bob@example.com"):
-        monkeypatch.setattr(bulkmail.journal, "address_key", whole_address_key)
+        monkeypatch.setattr(bulkmail.journal.sqlite, "address_key", whole_address_key)
 
 
 def test_v1_journal_is_migrated_keeping_the_most_advanced_status(
@@ -514,7 +514,7 @@ def test_failed_migration_leaves_the_v1_journal_as_it_was(
     def broken(email: str) -> str:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(bulkmail.journal, "address_key", broken)
+    monkeypatch.setattr(bulkmail.journal.sqlite, "address_key", broken)
     with pytest.raises(JournalError, match="disk I/O error"):
         Journal(path).open()
     with sqlite3.connect(path) as db:

@@ -25,9 +25,9 @@ from bulkmail import (
     check_campaign,
     load_campaign,
 )
-from bulkmail.message import MessageBuilder
-from bulkmail.recipients import iter_recipients
-from bulkmail.render import Renderer
+from bulkmail.compose.message import MessageBuilder
+from bulkmail.compose.render import Renderer
+from bulkmail.load.recipients import iter_recipients
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4 + b"\n%%EOF\n"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(reversed(range(256))) * 3

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from builders import CSV_ROWS, CampaignDir
 
-from bulkmail.campaign import load_campaign
-from bulkmail.message import MessageBuilder
+from bulkmail.compose.message import MessageBuilder
+from bulkmail.compose.render import RenderedMail, Renderer
+from bulkmail.load.campaign import load_campaign
+from bulkmail.load.recipients import iter_recipients
 from bulkmail.models import OutgoingMail, Recipient
-from bulkmail.recipients import iter_recipients
-from bulkmail.render import RenderedMail, Renderer
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 300
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)

@@ -27,13 +27,13 @@ from hypothesis import strategies as st
 from lxml import etree
 from test_skeleton import TRICKY, _rows
 
-from bulkmail.campaign import load_campaign
-from bulkmail.message import MessageBuilder
+from bulkmail.compose.message import MessageBuilder
+from bulkmail.compose.render import RenderedMail, Renderer
+from bulkmail.compose.textpart import html_to_text
+from bulkmail.load.campaign import load_campaign
+from bulkmail.load.recipients import iter_recipients
 from bulkmail.models import Campaign, OutgoingMail, Recipient
-from bulkmail.recipients import iter_recipients
-from bulkmail.render import RenderedMail, Renderer
 from bulkmail.send import send_test
-from bulkmail.textpart import html_to_text
 
 EXAMPLE = Path(__file__).parent.parent / "campaigns" / "june.yaml"
 SLOW = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])

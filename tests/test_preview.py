@@ -12,7 +12,7 @@ import pytest
 from builders import CSV_ROWS, CampaignDir
 
 from bulkmail import ConfigError, PreflightError, preview_campaign
-from bulkmail.preview import MARKER
+from bulkmail.deliver.preview import MARKER
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 8 + b"\n%%EOF\n"
 

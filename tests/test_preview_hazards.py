@@ -18,8 +18,8 @@ from test_preview import index_rows, leftovers, names, snapshot
 from typer.testing import CliRunner
 
 from bulkmail import ConfigError, preview_campaign
-from bulkmail.cli import app
-from bulkmail.preview import MARKER
+from bulkmail.cli.app import app
+from bulkmail.deliver.preview import MARKER
 
 # Runs the CLI with a file size limit (RLIMIT_FSIZE): a write past it fails with EFBIG, as
 # a full disk fails with ENOSPC; SIGXFSZ ignored so the write returns the error instead.
@@ -102,7 +102,7 @@ def test_a_long_address_gets_a_file_name_the_file_system_takes(
 
 
 def test_a_stem_is_cut_between_characters_and_numbered() -> None:
-    from bulkmail.preview import preview_stem
+    from bulkmail.deliver.preview import preview_stem
 
     stem = preview_stem(12, "例" * 200 + "@example.jp")
 

@@ -18,10 +18,10 @@ from builders import CampaignDir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bulkmail.campaign import load_campaign
 from bulkmail.errors import Location, PreflightError, RecipientError
+from bulkmail.load.campaign import load_campaign
+from bulkmail.load.recipients import check_address
 from bulkmail.pipeline import CheckReport, ProblemLog, build_mails, check_campaign
-from bulkmail.recipients import check_address
 
 COLUMNS = ["email", "name", "first_name", "city"]
 # Every mail of the builders' campaign has exactly these headers, whatever the row says.

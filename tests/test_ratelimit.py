@@ -10,8 +10,8 @@ from conftest import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulkmail.deliver.ratelimit import NoLimit, TokenBucket, limiter_for
 from bulkmail.models import Rate
-from bulkmail.ratelimit import NoLimit, TokenBucket, limiter_for
 
 # Float rounding in the fake-clock arithmetic (and the bucket's 1 ns slack times rates up to
 # 1000/s), counted in mails: not scheduling jitter, there is none on a fake clock.

@@ -19,9 +19,9 @@ from bulkmail import (
     check_campaign,
     load_campaign,
 )
-from bulkmail.message import MessageBuilder
-from bulkmail.recipients import iter_recipients
-from bulkmail.render import RenderedMail, Renderer
+from bulkmail.compose.message import MessageBuilder
+from bulkmail.compose.render import RenderedMail, Renderer
+from bulkmail.load.recipients import iter_recipients
 
 LINKS = """\
 <!doctype html>

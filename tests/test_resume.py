@@ -29,12 +29,12 @@ from conftest import PASSWORD, PASSWORD_ENV, DataHold, Inbox, Server, TLSPair
 from test_send import people, smtp_settings
 from typer.testing import CliRunner
 
-from bulkmail.cli import app
+from bulkmail.cli.app import app
+from bulkmail.deliver.smtp import SMTPTransport
+from bulkmail.journal.status import campaign_status
 from bulkmail.models import Status
 from bulkmail.pipeline import Event
 from bulkmail.send import send_campaign
-from bulkmail.smtp import SMTPTransport
-from bulkmail.status import campaign_status
 
 RECIPIENTS = 200
 ADDRESSES = [f"reader{i}@example.com" for i in range(RECIPIENTS)]

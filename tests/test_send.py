@@ -11,13 +11,13 @@ from builders import CampaignDir
 from conftest import PASSWORD, PASSWORD_ENV, USERNAME, Server, TLSPair
 from typer.testing import CliRunner
 
-from bulkmail.cli import app
+from bulkmail.cli.app import app
 from bulkmail.errors import AuthError, ConfigError, JournalError, PreflightError
-from bulkmail.journal import Journal, journal_path
+from bulkmail.journal.sqlite import Journal, journal_path
+from bulkmail.journal.status import campaign_status
 from bulkmail.models import Status
 from bulkmail.pipeline import Event
 from bulkmail.send import send_campaign, send_test
-from bulkmail.status import campaign_status
 
 runner = CliRunner()
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from builders import CampaignDir
 
-from bulkmail.campaign import load_campaign
+from bulkmail.compose.render import Renderer
+from bulkmail.load.campaign import load_campaign
+from bulkmail.load.recipients import iter_recipients
 from bulkmail.models import Recipient
-from bulkmail.recipients import iter_recipients
-from bulkmail.render import Renderer
 
 TRICKY = """\
 <!DOCTYPE html>

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from conftest import PASSWORD, PASSWORD_ENV, USERNAME, Server, ServerFactory, TLSPair, free_port
 
+from bulkmail.deliver.smtp import DeliveryUncertain, SMTPTransport, resolve_password
 from bulkmail.errors import AuthError, ConnectError, DeliveryError, RecipientRefused, TLSError
 from bulkmail.models import OutgoingMail, Recipient, SmtpSettings
-from bulkmail.smtp import DeliveryUncertain, SMTPTransport, resolve_password
 
 SENDER = "news@example.com"
 

@@ -29,13 +29,13 @@ from test_resume import bulkmail, environment, finish, start
 from test_send import people, smtp_settings
 from test_smtp import Sleeps, make_mail, transport
 
-from bulkmail.campaign import load_campaign
+from bulkmail.deliver.smtp import DeliveryUncertain, SMTPTransport
 from bulkmail.errors import AuthError, ConfigError, ConnectError, TLSError
+from bulkmail.journal.status import campaign_status
+from bulkmail.load.campaign import load_campaign
 from bulkmail.models import SmtpSettings, Status
 from bulkmail.pipeline import Event
 from bulkmail.send import send_campaign
-from bulkmail.smtp import DeliveryUncertain, SMTPTransport
-from bulkmail.status import campaign_status
 
 # -- a raw socket server ------------------------------------------------------------------
 

@@ -357,7 +357,7 @@ class SkeletonInliner:
         """The text part: the skeleton's text with each value put in, or, if that is not
         provably what converting ``inlined`` gives, the conversion of ``inlined`` itself.
 
-        ``to_text`` never measures, aligns or compares text (bulkmail.textpart), so a value
+        ``to_text`` never measures, aligns or compares text (bulkmail.compose.textpart), so a value
         changes its output only through how white space around and inside it folds, and
         through a link that starts with ``#``. A token is a single word; a value shown as
         it is parsed, non-empty, without white space at its ends or other than single

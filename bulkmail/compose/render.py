@@ -13,11 +13,11 @@ import jinja2
 import jinja2.meta
 import jinja2.sandbox
 
+from bulkmail.compose.inline import Inliner, PremailerInliner
+from bulkmail.compose.skeleton import MARKERS, SkeletonInliner, Slotted, finalize
+from bulkmail.compose.textpart import html_to_text
 from bulkmail.errors import AttachmentError, Location, TemplateError, display_path
-from bulkmail.inline import Inliner, PremailerInliner
 from bulkmail.models import Campaign, Recipient
-from bulkmail.skeleton import MARKERS, SkeletonInliner, Slotted, finalize
-from bulkmail.textpart import html_to_text
 
 _LINE_BREAK = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 # What a URL in List-Unsubscribe may hold: printable ASCII, no spaces, no angle brackets.
@@ -72,7 +72,7 @@ class Renderer:
     The HTML template and what it includes are autoescaped (CSV data can't add markup);
     the text template, the subject, URLs and file names are not. Compiling happens in
     `load`; `render` only renders. CSS is inlined through a `SkeletonInliner`, which does
-    premailer's work once per document structure (see bulkmail.skeleton).
+    premailer's work once per document structure (see bulkmail.compose.skeleton).
     """
 
     def __init__(

@@ -20,10 +20,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
 from itertools import islice
 
+from bulkmail.compose.message import MessageBuilder
+from bulkmail.compose.render import Renderer
 from bulkmail.errors import CampaignError
-from bulkmail.message import MessageBuilder
 from bulkmail.models import Campaign, OutgoingMail, Recipient
-from bulkmail.render import Renderer
 
 BATCH = 16
 # Below this many recipients, starting processes costs more than it saves.

@@ -15,7 +15,7 @@ text. So the conversion keeps the reading order and the words, and drops the lay
   left out; white space is folded as a browser folds it.
 
 The result depends on a value in the text only through the value itself: nothing is
-measured, aligned, wrapped or compared. That is what lets bulkmail.skeleton convert a
+measured, aligned, wrapped or compared. That is what lets bulkmail.compose.skeleton convert a
 skeleton once and put each recipient's values into the text (see `SkeletonInliner`).
 """
 

@@ -16,6 +16,7 @@ from email.policy import EmailPolicy
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from bulkmail.compose.render import RenderedMail
 from bulkmail.errors import (
     AttachmentError,
     ConfigError,
@@ -23,9 +24,8 @@ from bulkmail.errors import (
     RecipientError,
     TemplateError,
 )
+from bulkmail.load.recipients import check_address
 from bulkmail.models import Attachment, Campaign, OutgoingMail, Recipient
-from bulkmail.recipients import check_address
-from bulkmail.render import RenderedMail
 
 # Headers whose value is a list of URLs: folded between the entries only. The generic
 # folder would turn a long URL into RFC 2047 encoded words, which no client follows.

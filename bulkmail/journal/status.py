@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bulkmail.errors import BulkmailError, Location
-from bulkmail.journal import Entry, Journal, Summary, journal_exists, journal_path
+from bulkmail.journal.sqlite import Entry, Journal, Summary, journal_exists, journal_path
 from bulkmail.models import Campaign, Status
 from bulkmail.pipeline import as_campaign
 

@@ -1,7 +1,7 @@
 """The ``bulkmail`` command's first step: a Ctrl-C while Python loads bulkmail is one line.
 
 Loading the CLI (typer, rich, jinja2, premailer, lxml...) takes a few tenths of a second,
-before `bulkmail.cli.main` has set up its signal handling. A Ctrl-C then would end in a
+before `bulkmail.cli.app.main` has set up its signal handling. A Ctrl-C then would end in a
 traceback of whatever module was being imported; here it ends like any other Ctrl-C
 before sending: one line, exit 130, nothing done. This module imports nothing heavy (the
 package's ``__init__`` loads its exports lazily) so the window is Python's own start-up.
@@ -15,8 +15,8 @@ import sys
 def main() -> None:
     """Entry point of the ``bulkmail`` console script and of ``python -m bulkmail``."""
     try:
-        from bulkmail import cli
+        from bulkmail.cli import app
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; nothing was sent.\n")
         raise SystemExit(130) from None
-    cli.main()
+    app.main()

@@ -22,13 +22,13 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
+from bulkmail.cli.terminal import Signals, Stream, guard_output
 from bulkmail.errors import BulkmailError, CampaignError, PreflightError, display_path
-from bulkmail.journal import Entry
+from bulkmail.journal.sqlite import Entry
+from bulkmail.journal.status import campaign_status, write_failed_csv
 from bulkmail.pipeline import CheckReport, Event, check_campaign, preview_campaign
 from bulkmail.send import SendPlan, SendReport, send_campaign, send_test
 from bulkmail.sizes import format_size
-from bulkmail.status import campaign_status, write_failed_csv
-from bulkmail.terminal import Signals, Stream, guard_output
 
 
 class _FlagsShownAsFlags:
