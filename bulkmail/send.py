@@ -20,7 +20,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from bulkmail.errors import (
 )
 from bulkmail.journal.sqlite import Entry, Journal, journal_path
 from bulkmail.load.recipients import Skipped, check_address, iter_recipients
-from bulkmail.models import Campaign, OutgoingMail, Recipient, Status
+from bulkmail.models import Campaign, OutgoingMail, Rate, Recipient, Status
 from bulkmail.pipeline import (
     CheckReport,
     Event,
@@ -261,13 +261,20 @@ def send_campaign(
                 on_event=_transport_events(campaign, report, on_event),
                 sleep=stop.wait,  # a stop cuts a retry's wait short
             )
+        # Rows already dealt with are not even rendered: a resume after 9,000 of 10,000
+        # builds 1,000 mails. Rows new since the preflight (no entry) are let through, for
+        # _deliver to count them.
+        unbuilt = ProblemLog(limit=MAX_LISTED)
+        wanted = _wanted(journal, retry_failed=retry_failed, resend_uncertain=resend_uncertain)
+        mails = build_mails(campaign, CheckReport(campaign), unbuilt, limit=limit, select=wanted)
         _deliver(
-            campaign,
+            mails,
+            unbuilt,
             journal,
             transport,
             report,
             fingerprint,
-            limit=limit,
+            rate=campaign.rate,
             retry_failed=retry_failed,
             resend_uncertain=resend_uncertain,
             stop=stop,
@@ -276,20 +283,38 @@ def send_campaign(
     return report
 
 
+def _wanted(
+    journal: Journal, *, retry_failed: bool, resend_uncertain: bool
+) -> Callable[[Recipient], bool]:
+    """Which rows to build for sending: the ones this run may send, and rows the journal
+    does not know (new since the preflight), which `_deliver` counts in ``report.added``."""
+
+    def wanted(recipient: Recipient) -> bool:
+        entry = journal.status_of(recipient.key)
+        return entry is None or _should_send(
+            entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain
+        )
+
+    return wanted
+
+
 def _deliver(
-    campaign: Campaign,
+    mails: Iterable[OutgoingMail],
+    unbuilt: ProblemLog,
     journal: Journal,
     transport: Transport,
     report: SendReport,
     fingerprint: dict[str, str],
     *,
-    limit: int | None,
+    rate: Rate,
     retry_failed: bool,
     resend_uncertain: bool,
     stop: threading.Event,
     on_event: OnEvent | None,
 ) -> None:
-    limiter = limiter_for(campaign.rate, sleep=stop.wait)  # a stop cuts the wait short
+    """Send ``mails`` (built as the loop consumes them; the problems of the ones that
+    could not be built are collected in ``unbuilt`` meanwhile) and journal each outcome."""
+    limiter = limiter_for(rate, sleep=stop.wait)  # a stop cuts the wait short
     total = report.plan.to_send
     started = time.monotonic()
     journal.start_run()
@@ -301,22 +326,10 @@ def _deliver(
             done = report.accepted + report.failed + report.uncertain
             on_event(Event(kind, done, total, mail=mail, detail=detail))
 
-    problems = ProblemLog(limit=MAX_LISTED)
+    problems = unbuilt
     try:
         with transport:
-
-            def wanted(recipient: Recipient) -> bool:
-                # Rows already dealt with are not even rendered: a resume after 9,000 of
-                # 10,000 builds 1,000 mails. Rows new since the preflight (no entry) are
-                # let through to be counted below.
-                entry = journal.status_of(recipient.key)
-                return entry is None or _should_send(
-                    entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain
-                )
-
-            for mail in build_mails(
-                campaign, CheckReport(campaign), problems, limit=limit, select=wanted
-            ):
+            for mail in mails:
                 entry = journal.status_of(mail.recipient.key)
                 if entry is None:
                     # Added to the list after the preflight: sending it now would leave
