@@ -16,6 +16,7 @@ if typing.TYPE_CHECKING:
         ConfigError,
         ConnectError,
         DeliveryError,
+        DeliveryUncertain,
         JournalError,
         Location,
         PreflightError,
@@ -24,17 +25,12 @@ if typing.TYPE_CHECKING:
         TemplateError,
         TLSError,
     )
-    from bulkmail.journal.status import CampaignStatus, campaign_status
+    from bulkmail.journal.status import campaign_status
     from bulkmail.load.campaign import load_campaign
-    from bulkmail.models import Campaign, OutgoingMail, Recipient
-    from bulkmail.pipeline import (
-        CheckReport,
-        Event,
-        PreviewReport,
-        check_campaign,
-        preview_campaign,
-    )
-    from bulkmail.send import SendPlan, SendReport, send_campaign, send_test
+    from bulkmail.models import Campaign, Event, OutgoingMail, Recipient
+    from bulkmail.pipeline import check_campaign, preview_campaign
+    from bulkmail.reports import CampaignStatus, CheckReport, PreviewReport, SendPlan, SendReport
+    from bulkmail.send import send_campaign, send_test
 
 __all__ = [
     "AttachmentError",
@@ -47,6 +43,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "DeliveryError",
+    "DeliveryUncertain",
     "Event",
     "JournalError",
     "Location",
@@ -74,16 +71,16 @@ _HOMES = {
     "Campaign": "models",
     "OutgoingMail": "models",
     "Recipient": "models",
-    "CheckReport": "pipeline",
-    "Event": "pipeline",
-    "PreviewReport": "pipeline",
+    "Event": "models",
+    "CheckReport": "reports",
+    "PreviewReport": "reports",
+    "SendPlan": "reports",
+    "SendReport": "reports",
+    "CampaignStatus": "reports",
     "check_campaign": "pipeline",
     "preview_campaign": "pipeline",
-    "SendPlan": "send",
-    "SendReport": "send",
     "send_campaign": "send",
     "send_test": "send",
-    "CampaignStatus": "journal.status",
     "campaign_status": "journal.status",
 }
 

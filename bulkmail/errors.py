@@ -12,6 +12,7 @@ are translated in one place per dependency, chained with ``from``::
     ├── PreflightError             .problems: list[CampaignError]; nothing was sent
     ├── DeliveryError              exit_code = 4; from the SMTP conversation
     │   ├── ConnectError           smtp.example.com:465: connection refused
+    │   │   └── DeliveryUncertain  lost after the whole mail was sent: maybe delivered
     │   ├── TLSError               certificate verify failed / server has no STARTTLS
     │   ├── AuthError              535 ..., for news@example.com (never the password)
     │   └── RecipientRefused       5xx for one address: recorded as failed, the run goes on
@@ -123,6 +124,17 @@ class DeliveryError(BulkmailError):
 
 class ConnectError(DeliveryError):
     """The server could not be reached, or dropped the connection for good."""
+
+
+class DeliveryUncertain(ConnectError):
+    """The connection was lost after a whole mail was sent, before the server's answer.
+
+    The server may have accepted the mail: do not resend it blindly.
+    """
+
+    def __init__(self, message: str, *, recipient: str) -> None:
+        super().__init__(message)
+        self.recipient = recipient
 
 
 class TLSError(DeliveryError):

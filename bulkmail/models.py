@@ -1,4 +1,5 @@
-"""Plain data that flows through the pipeline: campaign settings, recipients, built mails."""
+"""Plain data that flows through the pipeline: campaign settings, recipients, built mails,
+and the events a run reports."""
 
 from __future__ import annotations
 
@@ -162,6 +163,32 @@ def address_key(address: str) -> str:
     return address.lower()
 
 
+SkipReason = Literal["duplicate", "suppressed"]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A valid row that is not mailed: a duplicate of an earlier row, or suppressed."""
+
+    recipient: Recipient
+    reason: SkipReason
+    detail: str
+
+
+@dataclass(frozen=True)
+class RenderedMail:
+    """What the templates make of one recipient."""
+
+    subject: str
+    html: str
+    text: str
+    unsubscribe_url: str | None
+    unsubscribe_mailto: str | None
+    # Attachments that differ per recipient, by index in campaign.attachments:
+    # (index, path, filename) for a templated path or file name.
+    attachments: tuple[tuple[int, Path, str], ...]
+
+
 @dataclass(frozen=True)
 class Attachment:
     """An attachment as it is named in the mail."""
@@ -195,3 +222,21 @@ class Status(StrEnum):
     ACCEPTED = "accepted"
     FAILED = "failed"
     SKIPPED = "skipped"
+
+
+# What a run reports, in the order a mail meets them: a row skipped or its mail built
+# (check, preview and the send's preflight); then, sending, the mail's outcome, and the
+# transport's reconnects and 4xx retries (``detail`` says why the run slows down).
+EventKind = Literal["skipped", "built", "sent", "failed", "uncertain", "reconnect", "retry"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Progress of a run, for a CLI or a log; ``done`` of ``total`` (None: not known)."""
+
+    kind: EventKind
+    done: int = 0
+    total: int | None = None
+    mail: OutgoingMail | None = None
+    skipped: Skipped | None = None
+    detail: str = ""

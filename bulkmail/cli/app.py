@@ -26,8 +26,10 @@ from bulkmail.cli.terminal import Signals, Stream, guard_output
 from bulkmail.errors import BulkmailError, CampaignError, PreflightError, display_path
 from bulkmail.journal.sqlite import Entry
 from bulkmail.journal.status import campaign_status, write_failed_csv
-from bulkmail.pipeline import CheckReport, Event, check_campaign, preview_campaign
-from bulkmail.send import SendPlan, SendReport, send_campaign, send_test
+from bulkmail.models import Event
+from bulkmail.pipeline import check_campaign, preview_campaign
+from bulkmail.reports import CheckReport, SendPlan, SendReport
+from bulkmail.send import send_campaign, send_test
 from bulkmail.sizes import format_size
 
 

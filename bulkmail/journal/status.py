@@ -5,25 +5,14 @@ from __future__ import annotations
 import csv
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from bulkmail.errors import BulkmailError, Location
-from bulkmail.journal.sqlite import Entry, Journal, Summary, journal_exists, journal_path
+from bulkmail.journal.sqlite import Journal, journal_exists, journal_path
 from bulkmail.models import Campaign, Status
 from bulkmail.pipeline import as_campaign
-
-
-@dataclass(frozen=True)
-class CampaignStatus:
-    """Where a campaign stands, from its journal."""
-
-    campaign: Campaign
-    journal: Path
-    summary: Summary | None  # None: never run
-    failed: list[Entry]
-    uncertain: list[Entry]
+from bulkmail.reports import CampaignStatus
 
 
 def campaign_status(campaign: Campaign | str | Path) -> CampaignStatus:
