@@ -8,6 +8,7 @@ import importlib
 import typing
 
 if typing.TYPE_CHECKING:
+    from bulkmail.deliver.transport import Transport
     from bulkmail.errors import (
         AttachmentError,
         AuthError,
@@ -25,15 +26,30 @@ if typing.TYPE_CHECKING:
         TemplateError,
         TLSError,
     )
+    from bulkmail.journal.sqlite import Entry, Summary
     from bulkmail.journal.status import campaign_status
     from bulkmail.load.campaign import load_campaign
-    from bulkmail.models import Campaign, Event, OutgoingMail, Recipient
+    from bulkmail.models import (
+        Attachment,
+        AttachmentSpec,
+        Campaign,
+        Event,
+        OutgoingMail,
+        Rate,
+        Recipient,
+        Skipped,
+        SmtpSettings,
+        Status,
+        Unsubscribe,
+    )
     from bulkmail.pipeline import check_campaign, preview_campaign
     from bulkmail.reports import CampaignStatus, CheckReport, PreviewReport, SendPlan, SendReport
     from bulkmail.send import send_campaign, send_test
 
 __all__ = [
+    "Attachment",
     "AttachmentError",
+    "AttachmentSpec",
     "AuthError",
     "BulkmailError",
     "Campaign",
@@ -44,19 +60,27 @@ __all__ = [
     "ConnectError",
     "DeliveryError",
     "DeliveryUncertain",
+    "Entry",
     "Event",
     "JournalError",
     "Location",
     "OutgoingMail",
     "PreflightError",
     "PreviewReport",
+    "Rate",
     "Recipient",
     "RecipientError",
     "RecipientRefused",
     "SendPlan",
     "SendReport",
+    "Skipped",
+    "SmtpSettings",
+    "Status",
+    "Summary",
     "TLSError",
     "TemplateError",
+    "Transport",
+    "Unsubscribe",
     "campaign_status",
     "check_campaign",
     "load_campaign",
@@ -72,6 +96,16 @@ _HOMES = {
     "OutgoingMail": "models",
     "Recipient": "models",
     "Event": "models",
+    "Attachment": "models",
+    "AttachmentSpec": "models",
+    "Rate": "models",
+    "Skipped": "models",
+    "SmtpSettings": "models",
+    "Status": "models",
+    "Unsubscribe": "models",
+    "Transport": "deliver.transport",
+    "Entry": "journal.sqlite",
+    "Summary": "journal.sqlite",
     "CheckReport": "reports",
     "PreviewReport": "reports",
     "SendPlan": "reports",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
+from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
@@ -79,3 +81,55 @@ def test_exported_objects_come_from_the_package() -> None:
         module = getattr(getattr(bulkmail, name), "__module__", "")
         assert module.startswith("bulkmail."), name
         assert importlib.import_module(module) is not None
+
+
+def _types_in(hint: object) -> Iterator[type]:
+    """Every class named by a type hint, through containers, unions and callables."""
+    if isinstance(hint, list):  # the parameters of a Callable
+        for item in hint:
+            yield from _types_in(item)
+        return
+    if typing.get_origin(hint) is typing.Literal:
+        return
+    if isinstance(hint, type) and typing.get_origin(hint) is None:
+        yield hint
+    for arg in typing.get_args(hint):
+        yield from _types_in(arg)
+
+
+def _hints_of(value: object) -> dict[str, object]:
+    """The type hints of a function, or of a class: its fields and annotated attributes,
+    its constructor, and its public methods and properties."""
+    if not isinstance(value, type):
+        return typing.get_type_hints(value)
+    hints: dict[str, object] = dict(typing.get_type_hints(value))
+    members = [("__init__", value.__dict__.get("__init__"))]
+    members += [(name, member) for name, member in vars(value).items() if name[0] != "_"]
+    for name, member in members:
+        if isinstance(member, property):
+            member = member.fget
+        if inspect.isfunction(member):
+            hints.update({f"{name}.{k}": v for k, v in typing.get_type_hints(member).items()})
+    return hints
+
+
+def test_every_type_in_a_public_signature_is_exported() -> None:
+    """A user who can get a value from the API can name its type: every bulkmail class in
+    the signature of an export (parameters, returns, fields), recursively, is exported."""
+    missing: dict[str, str] = {}
+    seen: set[object] = set()
+    todo = [(name, getattr(bulkmail, name)) for name in bulkmail.__all__]
+    while todo:
+        where, value = todo.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        for part, hint in _hints_of(value).items():
+            for found in _types_in(hint):
+                if not found.__module__.startswith("bulkmail."):
+                    continue
+                if found.__name__ not in bulkmail.__all__:
+                    missing.setdefault(found.__name__, f"{where}: {part}")
+                todo.append((found.__name__, found))
+
+    assert not missing, "\n".join(f"{name} ({where})" for name, where in sorted(missing.items()))
