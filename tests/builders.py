@@ -1,12 +1,23 @@
-"""Write small campaigns (YAML, CSV, templates, attachments) under a temporary folder."""
+"""Build what tests feed bulkmail: small campaigns (YAML, CSV, templates, attachments)
+under a temporary folder, recipient rows, SMTP settings for the test server, and
+ready-made mails for the transport.
+
+Shared by the test files, which never import each other.
+"""
 
 from __future__ import annotations
 
+import random
 import textwrap
+from email import policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import yaml
+from conftest import PASSWORD_ENV, USERNAME, Server, TLSPair
+
+from bulkmail.models import OutgoingMail, Recipient
 
 HTML = """\
 <!doctype html>
@@ -108,3 +119,132 @@ class CampaignDir:
         """Write the YAML file as given, to test exact line numbers."""
         self.yaml_path.write_text(textwrap.dedent(text), encoding="utf-8")
         return self.yaml_path
+
+
+# ---------------------------------------------------------------------------------------
+# Recipient rows and SMTP settings
+# ---------------------------------------------------------------------------------------
+
+
+def people(n: int, start: int = 0) -> list[dict[str, str]]:
+    """``n`` plain recipients, reader{start}@example.com onwards."""
+    return [
+        {
+            "email": f"reader{i}@example.com",
+            "name": f"Reader {i}",
+            "first_name": f"R{i}",
+            "city": "Lyon",
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def smtp_settings(server: Server, tls: TLSPair, **extra: object) -> dict[str, object]:
+    """The campaign YAML's ``smtp:`` section pointing at a test server, trusting its CA."""
+    return {
+        "host": server.host,
+        "port": server.port,
+        "security": server.security,
+        "username": USERNAME,
+        "password_env": PASSWORD_ENV,
+        "ca_file": str(tls.ca_file),
+        "timeout": 5,
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# A template with every CSS hazard the skeleton inliner must match premailer on
+# ---------------------------------------------------------------------------------------
+
+TRICKY = """\
+<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{{ month }} issue</title>
+<style>
+body { font-family: Georgia, serif; }
+.container { width: 600px; }
+tr + tr td { border-top: 1px solid #ddd; }
+p ~ p { margin-top: 0; }
+li:first-child { font-weight: bold; }
+li:nth-child(2n) { color: #555; }
+.vip { background: gold !important; }
+.std { background: #eee; }
+a[lang] { color: green; }
+td[title] { padding: 4px; }
+{% if plan == "member" %}.member-only { display: block; }{% endif %}
+.accent { color: {{ accent }}; }
+@media only screen and (max-width: 600px) { .container { width: 100% !important; } }
+</style></head>
+<body>
+<table class="container">
+<tr><td title="{{ city }}">Hello {{ first_name }}, from {{ city }}!</td></tr>
+{% for article in articles %}
+<tr><td><a href="{{ article.url }}?u={{ email | urlencode }}">{{ article.title }}</a>
+<p>{{ article.summary }}</p><p>{{ note }}</p></td></tr>
+{% endfor %}
+</table>
+<p class="{{ 'vip' if plan == 'member' else 'std' }}">Your plan: {{ plan }}</p>
+<div class="member-only accent">{{ bio | safe }}</div>
+<ul>{% for tag in tags.split(",") %}<li>{{ tag }}</li>{% endfor %}</ul>
+<p><a href="mailto:{{ email }}">{{ email }}</a> &middot;
+<img src="{{ avatar }}" alt="{{ name }}"></p>
+<!-- sent to {{ email }} -->
+</body></html>
+"""
+
+WORDS = ["tea", "books", "O'Brien & Co", "<b>bold</b>", "Zoë", "王小明", "a\nb", "", "  ",
+         "x" * 300, "100% & more", "\"quoted\"", "tab\there", "=?utf-8?q?x?="]  # fmt: skip
+
+
+def tricky_rows(n: int, seed: int = 7) -> list[dict[str, str]]:
+    """``n`` rows for `TRICKY`: markup, quotes, CJK and empty values, reproducibly mixed."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        tags = ",".join(rng.sample(["news", "<i>x</i>", "tea"], rng.randint(1, 2)))
+        rows.append(
+            {
+                "email": f"user{i}@example.com",
+                "name": rng.choice(["Ann", "Zoë Lefèvre", "王小明", "Pat O'Brien", "A & B"]),
+                "first_name": rng.choice(WORDS[:6]) + str(i),
+                "city": rng.choice(["Lyon", "O'Brien & Co", "王小明"]),
+                "plan": rng.choice(["member", "guest"]),
+                "note": rng.choice(WORDS),  # in text only: anything goes
+                "bio": rng.choice(["<b>Reader</b>", "<i>since 2020</i>", ""]),
+                "tags": tags,
+                "accent": rng.choice(["red", "#123456"]),
+                "avatar": rng.choice(["https://example.com/a.png", "a b.png", "/rel/x.png"]),
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Mails as the message builder hands them to a transport
+# ---------------------------------------------------------------------------------------
+
+SENDER = "news@example.com"
+
+
+def make_mail(index: int, to: str | None = None, *, sender: str = SENDER) -> OutgoingMail:
+    """A small mail for one recipient, as the message builder would hand it over."""
+    to = to or f"reader{index}@example.org"
+    smtputf8 = not (to + sender).isascii()
+    message = EmailMessage(policy=policy.SMTPUTF8 if smtputf8 else policy.SMTP)
+    message["From"] = f"Bulkmail Team <{sender}>"
+    message["To"] = to
+    message["Subject"] = f"Issue {index}"
+    message["Message-ID"] = f"<{index}@bulkmail.test>"
+    # A line starting with "." must survive dot-stuffing.
+    message.set_content(f"Hello reader {index},\n.signature line\nBye\n")
+    return OutgoingMail(
+        index=index,
+        recipient=Recipient(line=index + 1, email=to, name="", fields={"email": to}),
+        sender=sender,
+        message_id=message["Message-ID"],
+        subject=message["Subject"],
+        html="",
+        data=message.as_bytes(),
+        attachments=(),
+        smtputf8=smtputf8,
+    )

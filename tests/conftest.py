@@ -1,4 +1,5 @@
-"""Shared fixtures: a real SMTP server on 127.0.0.1 (aiosmtpd, trustme TLS, AUTH) and a fake clock.
+"""Shared fixtures: a real SMTP server on 127.0.0.1 (aiosmtpd, trustme TLS, AUTH), a client
+for it, and a fake clock and sleep.
 
 Sections: environment, clock, TLS, the recording SMTP server. Campaign fixtures live
 below the last marker (or in their own module).
@@ -26,6 +27,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
+from bulkmail.deliver.smtp import SMTPTransport
 from bulkmail.models import SmtpSettings
 
 # ---------------------------------------------------------------------------------------
@@ -68,6 +70,13 @@ class FakeClock:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
+
+
+class Sleeps(list[float]):
+    """A no-op sleep that remembers what it was asked for."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
 
 
 # ---------------------------------------------------------------------------------------
@@ -368,6 +377,15 @@ def make_server(tls: TLSPair) -> Iterator[ServerFactory]:
     yield start
     for controller in controllers:
         controller.stop()
+
+
+def transport(
+    server: Server, tls: TLSPair, *, password: str | None = PASSWORD, **options: Any
+) -> SMTPTransport:
+    """A client for a test server that trusts the test CA (``settings=`` to point it elsewhere)."""
+    settings = options.pop("settings", None) or server.settings()
+    options.setdefault("ssl_context", tls.client)
+    return SMTPTransport(settings, password=password, **options)
 
 
 @pytest.fixture

@@ -26,9 +26,8 @@ from typing import Any
 
 import pytest
 import typer.main
-from builders import CampaignDir
+from builders import CampaignDir, people, smtp_settings
 from conftest import PASSWORD, PASSWORD_ENV, DataHold, Server, TLSPair
-from test_send import people, smtp_settings
 from typer.testing import CliRunner
 
 from bulkmail.cli.app import app

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import CampaignDir
+from builders import CampaignDir, people, smtp_settings
 from conftest import PASSWORD, PASSWORD_ENV, USERNAME, Server, TLSPair
-from test_send import people, smtp_settings
 from typer.testing import CliRunner, Result
 
 from bulkmail.cli.app import app

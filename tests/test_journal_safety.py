@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from builders import CampaignDir
+from builders import CampaignDir, people, smtp_settings
 from conftest import PASSWORD, PASSWORD_ENV, Server, TLSPair
-from test_send import people, smtp_settings
 from typer.testing import CliRunner, Result
 
 import bulkmail.journal.sqlite

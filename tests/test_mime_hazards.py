@@ -20,12 +20,11 @@ from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
-from builders import HTML, CampaignDir
+from builders import HTML, TRICKY, CampaignDir, tricky_rows
 from conftest import PASSWORD, PASSWORD_ENV, USERNAME, Server, TLSPair
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
-from test_skeleton import TRICKY, _rows
 
 from bulkmail.compose.message import MessageBuilder
 from bulkmail.compose.render import RenderedMail, Renderer
@@ -268,7 +267,7 @@ def skeleton_campaigns(root: Path) -> Iterator[tuple[str, Campaign]]:
     for base_url in (None, "https://example.com/news/"):
         c = CampaignDir(root / f"tricky-{bool(base_url)}")
         c.template("tricky.html", TRICKY)
-        c.csv(_rows(120))
+        c.csv(tricky_rows(120))
         data = {
             "month": "June",
             "articles": [

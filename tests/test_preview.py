@@ -10,6 +10,7 @@ from pathlib import Path
 import lxml.html
 import pytest
 from builders import CSV_ROWS, CampaignDir
+from preview_folders import index_rows, leftovers, names, snapshot
 
 from bulkmail import ConfigError, PreflightError, preview_campaign
 from bulkmail.deliver.preview import MARKER
@@ -21,28 +22,6 @@ def parse(path: Path) -> EmailMessage:
     msg = BytesParser(policy=email.policy.default).parsebytes(path.read_bytes())
     assert isinstance(msg, EmailMessage)
     return msg
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {
-        str(path.relative_to(folder)): path.read_bytes()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
-def names(folder: Path, suffix: str) -> list[str]:
-    return sorted(path.name for path in folder.glob(f"*{suffix}") if path.name != "index.html")
-
-
-def index_rows(out: Path) -> list[lxml.html.HtmlElement]:
-    document = lxml.html.fromstring((out / "index.html").read_text(encoding="utf-8"))
-    return list(document.xpath("//tbody/tr"))
-
-
-def leftovers(out: Path) -> list[str]:
-    """Staging or old folders a run left beside the preview folder."""
-    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
 
 
 def test_preview_writes_an_html_and_an_eml_per_recipient_and_an_index(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import lxml.html
 import pytest
 from builders import CSV_ROWS, CampaignDir
-from test_preview import index_rows, leftovers, names, snapshot
+from preview_folders import index_rows, leftovers, names, snapshot
 from typer.testing import CliRunner
 
 from bulkmail import ConfigError, preview_campaign

@@ -15,7 +15,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import CampaignDir
+from builders import CampaignDir, people, smtp_settings
 from conftest import PASSWORD, PASSWORD_ENV, DataHold, Inbox, Server, TLSPair
-from test_send import people, smtp_settings
+from processes import bulkmail, environment, finish, run, start
 from typer.testing import CliRunner
 
 from bulkmail.cli.app import app
@@ -54,38 +53,6 @@ def campaign(tmp_path: Path, smtpd: Server, tls: TLSPair) -> CampaignDir:
 
 
 # --- running the command -------------------------------------------------------------------
-
-
-def bulkmail(*args: str) -> list[str]:
-    return [sys.executable, "-m", "bulkmail", *args]
-
-
-def environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
-    env[PASSWORD_ENV] = PASSWORD
-    return env
-
-
-def start(campaign: CampaignDir, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        bulkmail(*args),
-        cwd=campaign.root,
-        env=environment(),
-        stdin=subprocess.DEVNULL,  # no terminal: --yes is needed, as in cron
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-    )
-
-
-def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=60)
-    return process.returncode, out, err
-
-
-def run(campaign: CampaignDir, *args: str) -> tuple[int, str, str]:
-    return finish(start(campaign, *args))
 
 
 def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from builders import CampaignDir
+from builders import CampaignDir, people, smtp_settings
 from conftest import PASSWORD, PASSWORD_ENV, USERNAME, Server, TLSPair
 from typer.testing import CliRunner
 
@@ -21,31 +21,6 @@ from bulkmail.send import send_campaign, send_test
 
 runner = CliRunner()
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40
-
-
-def people(n: int, start: int = 0) -> list[dict[str, str]]:
-    return [
-        {
-            "email": f"reader{i}@example.com",
-            "name": f"Reader {i}",
-            "first_name": f"R{i}",
-            "city": "Lyon",
-        }
-        for i in range(start, start + n)
-    ]
-
-
-def smtp_settings(server: Server, tls: TLSPair, **extra: object) -> dict[str, object]:
-    return {
-        "host": server.host,
-        "port": server.port,
-        "security": server.security,
-        "username": USERNAME,
-        "password_env": PASSWORD_ENV,
-        "ca_file": str(tls.ca_file),
-        "timeout": 5,
-        **extra,
-    }
 
 
 @pytest.fixture

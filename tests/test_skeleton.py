@@ -2,76 +2,15 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
-from builders import CampaignDir
+from builders import TRICKY, CampaignDir, tricky_rows
 
 from bulkmail.compose.render import Renderer
 from bulkmail.load.campaign import load_campaign
 from bulkmail.load.recipients import iter_recipients
 from bulkmail.models import Recipient
-
-TRICKY = """\
-<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{{ month }} issue</title>
-<style>
-body { font-family: Georgia, serif; }
-.container { width: 600px; }
-tr + tr td { border-top: 1px solid #ddd; }
-p ~ p { margin-top: 0; }
-li:first-child { font-weight: bold; }
-li:nth-child(2n) { color: #555; }
-.vip { background: gold !important; }
-.std { background: #eee; }
-a[lang] { color: green; }
-td[title] { padding: 4px; }
-{% if plan == "member" %}.member-only { display: block; }{% endif %}
-.accent { color: {{ accent }}; }
-@media only screen and (max-width: 600px) { .container { width: 100% !important; } }
-</style></head>
-<body>
-<table class="container">
-<tr><td title="{{ city }}">Hello {{ first_name }}, from {{ city }}!</td></tr>
-{% for article in articles %}
-<tr><td><a href="{{ article.url }}?u={{ email | urlencode }}">{{ article.title }}</a>
-<p>{{ article.summary }}</p><p>{{ note }}</p></td></tr>
-{% endfor %}
-</table>
-<p class="{{ 'vip' if plan == 'member' else 'std' }}">Your plan: {{ plan }}</p>
-<div class="member-only accent">{{ bio | safe }}</div>
-<ul>{% for tag in tags.split(",") %}<li>{{ tag }}</li>{% endfor %}</ul>
-<p><a href="mailto:{{ email }}">{{ email }}</a> &middot;
-<img src="{{ avatar }}" alt="{{ name }}"></p>
-<!-- sent to {{ email }} -->
-</body></html>
-"""
-
-WORDS = ["tea", "books", "O'Brien & Co", "<b>bold</b>", "Zoë", "王小明", "a\nb", "", "  ",
-         "x" * 300, "100% & more", "\"quoted\"", "tab\there", "=?utf-8?q?x?="]  # fmt: skip
-
-
-def _rows(n: int, seed: int = 7) -> list[dict[str, str]]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        tags = ",".join(rng.sample(["news", "<i>x</i>", "tea"], rng.randint(1, 2)))
-        rows.append(
-            {
-                "email": f"user{i}@example.com",
-                "name": rng.choice(["Ann", "Zoë Lefèvre", "王小明", "Pat O'Brien", "A & B"]),
-                "first_name": rng.choice(WORDS[:6]) + str(i),
-                "city": rng.choice(["Lyon", "O'Brien & Co", "王小明"]),
-                "plan": rng.choice(["member", "guest"]),
-                "note": rng.choice(WORDS),  # in text only: anything goes
-                "bio": rng.choice(["<b>Reader</b>", "<i>since 2020</i>", ""]),
-                "tags": tags,
-                "accent": rng.choice(["red", "#123456"]),
-                "avatar": rng.choice(["https://example.com/a.png", "a b.png", "/rel/x.png"]),
-            }
-        )
-    return rows
 
 
 @pytest.mark.parametrize("base_url", [None, "https://example.com/news/"])
@@ -80,7 +19,7 @@ def test_fast_inlining_is_byte_identical_to_premailer_per_recipient(
 ) -> None:
     c = CampaignDir(tmp_path)
     c.template("tricky.html", TRICKY)
-    c.csv(_rows(300))
+    c.csv(tricky_rows(300))
     data = {
         "month": "June",
         "articles": [

@@ -4,43 +4,26 @@ from __future__ import annotations
 
 import socket
 import ssl
-from email import policy
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, PASSWORD_ENV, USERNAME, Server, ServerFactory, TLSPair, free_port
+from builders import SENDER, make_mail
+from conftest import (
+    PASSWORD,
+    PASSWORD_ENV,
+    USERNAME,
+    Server,
+    ServerFactory,
+    Sleeps,
+    TLSPair,
+    free_port,
+    transport,
+)
 
 from bulkmail.deliver.smtp import DeliveryUncertain, SMTPTransport, resolve_password
 from bulkmail.errors import AuthError, ConnectError, DeliveryError, RecipientRefused, TLSError
-from bulkmail.models import OutgoingMail, Recipient, SmtpSettings
-
-SENDER = "news@example.com"
-
-
-def make_mail(index: int, to: str | None = None, *, sender: str = SENDER) -> OutgoingMail:
-    """A small mail for one recipient, as the message builder would hand it over."""
-    to = to or f"reader{index}@example.org"
-    smtputf8 = not (to + sender).isascii()
-    message = EmailMessage(policy=policy.SMTPUTF8 if smtputf8 else policy.SMTP)
-    message["From"] = f"Bulkmail Team <{sender}>"
-    message["To"] = to
-    message["Subject"] = f"Issue {index}"
-    message["Message-ID"] = f"<{index}@bulkmail.test>"
-    # A line starting with "." must survive dot-stuffing.
-    message.set_content(f"Hello reader {index},\n.signature line\nBye\n")
-    return OutgoingMail(
-        index=index,
-        recipient=Recipient(line=index + 1, email=to, name="", fields={"email": to}),
-        sender=sender,
-        message_id=message["Message-ID"],
-        subject=message["Subject"],
-        html="",
-        data=message.as_bytes(),
-        attachments=(),
-        smtputf8=smtputf8,
-    )
+from bulkmail.models import OutgoingMail, SmtpSettings
 
 
 class Events:
@@ -54,21 +37,6 @@ class Events:
 
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
-
-
-class Sleeps(list[float]):
-    """A no-op sleep that remembers what it was asked for."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
-def transport(
-    server: Server, tls: TLSPair, *, password: str | None = PASSWORD, **options: Any
-) -> SMTPTransport:
-    settings = options.pop("settings", None) or server.settings()
-    options.setdefault("ssl_context", tls.client)
-    return SMTPTransport(settings, password=password, **options)
 
 
 def send_all(smtp: SMTPTransport, mails: list[OutgoingMail]) -> list[str]:

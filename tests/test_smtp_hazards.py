@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import CampaignDir
-from conftest import PASSWORD, PASSWORD_ENV, USERNAME, Server, TLSPair
-from test_resume import bulkmail, environment, finish, start
-from test_send import people, smtp_settings
-from test_smtp import Sleeps, make_mail, transport
+from builders import CampaignDir, make_mail, people, smtp_settings
+from conftest import PASSWORD, PASSWORD_ENV, USERNAME, Server, Sleeps, TLSPair, transport
+from processes import bulkmail, environment, finish, start
 
 from bulkmail.deliver.smtp import DeliveryUncertain, SMTPTransport
 from bulkmail.errors import AuthError, ConfigError, ConnectError, TLSError
