@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -13,32 +13,19 @@ import jinja2
 import jinja2.meta
 import jinja2.sandbox
 
+from bulkmail.compose.attachments import check_filename, locate
 from bulkmail.compose.inline import Inliner, PremailerInliner
 from bulkmail.compose.skeleton import MARKERS, SkeletonInliner, Slotted, finalize
 from bulkmail.compose.textpart import html_to_text
-from bulkmail.errors import AttachmentError, Location, TemplateError, display_path
-from bulkmail.models import Campaign, Recipient
+from bulkmail.errors import Location, TemplateError
+from bulkmail.models import AttachmentSpec, Campaign, Recipient, RenderedMail
 
 _LINE_BREAK = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 # What a URL in List-Unsubscribe may hold: printable ASCII, no spaces, no angle brackets.
 _UNSAFE_IN_HEADER = re.compile(r"[^\x21-\x7e]|[<>]")
 
 
-@dataclass(frozen=True)
-class RenderedMail:
-    """What the templates make of one recipient."""
-
-    subject: str
-    html: str
-    text: str
-    unsubscribe_url: str | None
-    unsubscribe_mailto: str | None
-    # Attachments that differ per recipient, by index in campaign.attachments:
-    # (index, path, filename) for a templated path or file name.
-    attachments: tuple[tuple[int, Path, str], ...]
-
-
-def _template_line(tb: TracebackType | None, files: set[str]) -> tuple[str, int] | None:
+def _template_line(tb: TracebackType | None, files: Set[str]) -> tuple[str, int] | None:
     """The innermost template file and line in a traceback Jinja has rewritten."""
     found = None
     while tb is not None:
@@ -65,6 +52,116 @@ def _environment(folders: list[Path], *, html: bool, marked: bool = False) -> ji
     )
 
 
+@dataclass(frozen=True)
+class Compiled:
+    """One compiled template and where its source is written, which its errors name."""
+
+    template: jinja2.Template
+    where: Location  # the template file, or the campaign setting (file:line: field)
+
+
+@dataclass(frozen=True)
+class AttachmentTemplates:
+    """An attachment entry's per-recipient parts: its path and/or its file name."""
+
+    index: int  # in campaign.attachments
+    spec: AttachmentSpec
+    path: Compiled | None  # a templated path
+    filename: Compiled | None
+    made_of: tuple[str, ...]  # the variables the path is made from, to name in errors
+
+
+@dataclass(frozen=True)
+class Templates:
+    """Every template of a campaign, compiled: the HTML (also with each value marked,
+    for the skeleton cache), the text, the one-line settings and the attachments' paths
+    and names. ``files``: every template file read, extended and included ones too."""
+
+    html: Compiled
+    html_marked: Compiled | None
+    text: Compiled | None
+    subject: Compiled
+    unsubscribe_url: Compiled | None
+    unsubscribe_mailto: Compiled | None
+    attachments: tuple[AttachmentTemplates, ...]
+    files: frozenset[str]
+
+    @classmethod
+    def compile(cls, campaign: Campaign, *, marked: bool) -> Templates:
+        """Compile every template; TemplateError with file and line. ``marked``: also the
+        HTML with each value marked, unless a template file holds the markers itself."""
+        folders = [campaign.template.parent]
+        if campaign.text_template and campaign.text_template.parent not in folders:
+            folders.append(campaign.text_template.parent)
+        text_env = _environment(folders, html=False)
+        files: set[str] = set()
+        html_env = _environment(folders, html=True)
+        html = _compiled_file(html_env, campaign.template, folders, files)
+        text = None
+        if campaign.text_template:
+            text = _compiled_file(text_env, campaign.text_template, folders, files)
+        html_marked = None
+        if marked and all(MARKERS.isdisjoint(Path(name).read_text("utf-8")) for name in files):
+            marked_env = _environment(folders, html=True, marked=True)
+            html_marked = _compiled_file(marked_env, campaign.template, folders, set())
+        url = campaign.unsubscribe.url if campaign.unsubscribe else None
+        mailto = campaign.unsubscribe.mailto if campaign.unsubscribe else None
+        subject = _setting(text_env, campaign, campaign.subject, "subject")
+        assert subject is not None  # a campaign always has one
+        return cls(
+            html=html,
+            html_marked=html_marked,
+            text=text,
+            subject=subject,
+            unsubscribe_url=_setting(text_env, campaign, url, "unsubscribe", "url"),
+            unsubscribe_mailto=_setting(text_env, campaign, mailto, "unsubscribe", "mailto"),
+            attachments=_attachment_templates(campaign, text_env),
+            files=frozenset(files),
+        )
+
+
+def _compiled_file(
+    env: jinja2.Environment, path: Path, folders: list[Path], files: set[str]
+) -> Compiled:
+    return Compiled(_compile_file(env, path, folders, files), Location(path))
+
+
+def _setting(
+    env: jinja2.Environment,
+    campaign: Campaign,
+    source: str | None,
+    setting: str,
+    part: str | None = None,
+) -> Compiled | None:
+    """A one-line template from the campaign file, located as ``june.yaml:12: unsubscribe.url``."""
+    if not source:
+        return None
+    field = f"{setting}.{part}" if part else setting
+    where = Location(campaign.path, campaign.location(setting).line, field)
+    return Compiled(_compile_string(env, source, where), where)
+
+
+def _attachment_templates(
+    campaign: Campaign, env: jinja2.Environment
+) -> tuple[AttachmentTemplates, ...]:
+    """The attachment entries with a per-recipient path or name, compiled."""
+    found = []
+    for index, spec in enumerate(campaign.attachments):
+        source = spec.written or spec.path
+        path = (
+            Compiled(_compile_string(env, source, spec.where), spec.where)
+            if spec.templated
+            else None
+        )
+        filename = None
+        if spec.filename and (spec.templated or _is_template(spec.filename)):
+            filename = Compiled(_compile_string(env, spec.filename, spec.where), spec.where)
+        if path is not None or filename is not None:
+            made_of = _variables(source) if spec.templated else ()
+            found.append(AttachmentTemplates(index, spec, path, filename, made_of))
+    return tuple(found)
+
+
 class Renderer:
     """Renders a campaign's templates for one recipient at a time.
 
@@ -78,77 +175,39 @@ class Renderer:
     def __init__(
         self,
         campaign: Campaign,
-        templates: Mapping[str, jinja2.Template],
+        templates: Templates,
         inliner: Inliner,
-        skeletons: SkeletonInliner | None,
     ) -> None:
         self.campaign = campaign
-        self._t = templates
+        self.templates = templates
         self._inliner = inliner
-        self.skeletons = skeletons
-        self._files = {
-            t.filename for key, t in templates.items() if key.startswith("file:") and t.filename
-        }
-        # The variables each per-recipient attachment path is made of, to name in errors.
-        self._path_fields = {
-            index: _variables(spec.written or spec.path)
-            for index, spec in enumerate(campaign.attachments)
-            if spec.templated
-        }
+        self.skeletons = None
+        if templates.html_marked is not None:
+            to_text = html_to_text if templates.text is None else _no_text
+            self.skeletons = SkeletonInliner(inliner, to_text, base_url=campaign.base_url)
 
     @classmethod
     def load(
-        cls, campaign: Campaign, *, inliner: Inliner | None = None, fast: bool = True
+        cls,
+        campaign: Campaign,
+        *,
+        inliner: Inliner | None = None,
+        fast: bool = True,
     ) -> Renderer:
         """Compile every template of the campaign; raise TemplateError with file and line.
 
         ``fast=False`` inlines every recipient's HTML whole (the reference the fast path is
         tested against).
         """
-        folders = [campaign.template.parent]
-        if campaign.text_template and campaign.text_template.parent not in folders:
-            folders.append(campaign.text_template.parent)
-        html_env = _environment(folders, html=True)
-        text_env = _environment(folders, html=False)
-        templates: dict[str, jinja2.Template] = {}
-        templates["html"] = _compile_file(html_env, campaign.template, folders, templates)
-        if campaign.text_template:
-            templates["text"] = _compile_file(text_env, campaign.text_template, folders, templates)
-
-        def one_line(key: str, source: str, where: Location) -> None:
-            templates[key] = _compile_string(text_env, source, where)
-
-        one_line("subject", campaign.subject, campaign.location("subject"))
-        if campaign.unsubscribe and campaign.unsubscribe.url:
-            one_line("unsubscribe_url", campaign.unsubscribe.url, campaign.location("unsubscribe"))
-        if campaign.unsubscribe and campaign.unsubscribe.mailto:
-            one_line(
-                "unsubscribe_mailto", campaign.unsubscribe.mailto, campaign.location("unsubscribe")
-            )
-        for index, spec in enumerate(campaign.attachments):
-            if spec.templated:
-                one_line(f"attachment{index}", spec.written or spec.path, spec.where)
-            if spec.filename:
-                one_line(f"filename{index}", spec.filename, spec.where)
+        templates = Templates.compile(campaign, marked=fast)
         if inliner is None:
             inliner = PremailerInliner(base_url=campaign.base_url)
-        skeletons = None
-        sources = [
-            Path(t.filename).read_text("utf-8")
-            for key, t in templates.items()
-            if key.startswith("file:") and t.filename
-        ]
-        if fast and all(MARKERS.isdisjoint(source) for source in sources):
-            marked_env = _environment(folders, html=True, marked=True)
-            templates["html_marked"] = _compile_file(marked_env, campaign.template, folders, {})
-            to_text = html_to_text if "text" not in templates else _no_text
-            skeletons = SkeletonInliner(inliner, to_text, base_url=campaign.base_url)
-        return cls(campaign, templates, inliner, skeletons)
+        return cls(campaign, templates, inliner)
 
     @property
     def template_files(self) -> list[Path]:
         """Every template file the campaign uses (extended and included ones too)."""
-        return sorted(Path(name) for name in self._files)
+        return sorted(Path(name) for name in self.templates.files)
 
     def context(self, recipient: Recipient) -> dict[str, Any]:
         """The variables a recipient's templates see: campaign data, then the CSV row."""
@@ -158,32 +217,19 @@ class Renderer:
         """Render everything for one recipient; TemplateError/AttachmentError name the row."""
         context = self.context(recipient)
         row = Location(self.campaign.recipients, recipient.line)
-        unsubscribe_url = self._one_line("unsubscribe_url", context, row, "unsubscribe.url")
-        unsubscribe_mailto = self._one_line(
-            "unsubscribe_mailto", context, row, "unsubscribe.mailto"
-        )
-        for value, field in ((unsubscribe_url, "url"), (unsubscribe_mailto, "mailto")):
-            if value is not None and _UNSAFE_IN_HEADER.search(value):
-                raise TemplateError(
-                    f"renders to {value!r}, which has spaces or characters a header can't "
-                    "carry (use the urlencode filter)",
-                    where=Location(
-                        self.campaign.path, self._line("unsubscribe"), f"unsubscribe.{field}"
-                    ),
-                    row=row,
-                )
+        t = self.templates
+        unsubscribe_url = self._header_url(t.unsubscribe_url, context, row)
+        unsubscribe_mailto = self._header_url(t.unsubscribe_mailto, context, row)
         if unsubscribe_url is not None:
             context["unsubscribe_url"] = unsubscribe_url
-        subject = self._one_line("subject", context, row, "subject") or ""
+        subject = self._one_line(t.subject, context, row)
         if not subject:
             raise TemplateError(
-                "renders empty; every mail needs a subject",
-                where=Location(self.campaign.path, self._line("subject"), "subject"),
-                row=row,
+                "renders empty; every mail needs a subject", where=t.subject.where, row=row
             )
         html, text = self._html_and_text(context, row)
-        if "text" in self._t:
-            text = self._render("text", context, row)
+        if t.text is not None:
+            text = self._render(t.text, context, row)
         return RenderedMail(
             subject=subject,
             html=html,
@@ -193,52 +239,52 @@ class Renderer:
             attachments=self._attachments(context, row),
         )
 
+    def _header_url(
+        self, compiled: Compiled | None, context: dict[str, Any], row: Location
+    ) -> str | None:
+        """An unsubscribe URL or address, which goes in List-Unsubscribe as it is."""
+        if compiled is None:
+            return None
+        value = self._one_line(compiled, context, row)
+        if _UNSAFE_IN_HEADER.search(value):
+            raise TemplateError(
+                f"renders to {value!r}, which has spaces or characters a header can't "
+                "carry (use the urlencode filter)",
+                where=compiled.where,
+                row=row,
+            )
+        return value
+
     def _html_and_text(self, context: dict[str, Any], row: Location) -> tuple[str, str]:
         """The inlined HTML and the text made from it (unless a text template is used)."""
-        if self.skeletons is not None:
-            marked = self._render("html_marked", context, row)
+        if self.skeletons is not None and self.templates.html_marked is not None:
+            marked = self._render(self.templates.html_marked, context, row)
             return self.skeletons(Slotted.split(marked))
-        html = self._inliner(self._render("html", context, row))
-        return html, html_to_text(html) if "text" not in self._t else ""
+        html = self._inliner(self._render(self.templates.html, context, row))
+        return html, html_to_text(html) if self.templates.text is None else ""
 
-    def _line(self, key: str) -> int | None:
-        return self.campaign.location(key).line
-
-    def _render(self, key: str, context: dict[str, Any], row: Location) -> str:
+    def _render(self, compiled: Compiled, context: dict[str, Any], row: Location) -> str:
         try:
-            return self._t[key].render(context)
-        except jinja2.TemplateError as exc:
-            raise self._error(exc, row, key) from None
-        except Exception as exc:  # a filter or test raised on this row's data
-            raise self._error(exc, row, key) from None
+            return compiled.template.render(context)
+        except Exception as exc:  # a template error, or a filter or test raised on this row
+            raise self._error(exc, row, compiled) from None
 
-    def _one_line(self, key: str, context: dict[str, Any], row: Location, field: str) -> str | None:
+    def _one_line(self, compiled: Compiled, context: dict[str, Any], row: Location) -> str:
         """Render a one-line template (subject, URL): a line break in it is an error."""
-        if key not in self._t:
-            return None
-        value = self._render(key, context, row).strip()
+        value = self._render(compiled, context, row).strip()
         if _LINE_BREAK.search(value):
             raise TemplateError(
                 f"renders to {value!r}, which has a line break; a header must be one line",
                 row=row,
-                where=Location(self.campaign.path, self._line(field.split(".")[0]), field),
+                where=compiled.where,
             )
         return value
 
-    def _error(self, exc: Exception, row: Location, key: str) -> TemplateError:
-        found = _template_line(exc.__traceback__, self._files)
-        if found:
-            where = Location(found[0], found[1])
-        elif key.startswith("html"):  # "html" or "html_marked"
-            where = Location(self.campaign.template)
-        elif key == "text":
-            where = Location(self.campaign.text_template or self.campaign.template)
-        elif key.startswith(("attachment", "filename")):  # attachment3, filename3
-            where = self.campaign.attachments[int(key.lstrip("abcdefghijklmnopqrstuvwxyz"))].where
-        else:  # subject, unsubscribe_url, unsubscribe_mailto
-            setting = key.split("_")[0]
-            field = key.replace("_", ".") if setting != key else key
-            where = Location(self.campaign.path, self._line(setting), field)
+    def _error(self, exc: Exception, row: Location, compiled: Compiled) -> TemplateError:
+        """The error as the user needs it: the template line it happened on, else where
+        the template is written, and the row."""
+        found = _template_line(exc.__traceback__, self.templates.files)
+        where = Location(found[0], found[1]) if found else compiled.where
         message = exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else str(exc)
         if not isinstance(exc, jinja2.TemplateError):
             message = f"{type(exc).__name__}: {message}"
@@ -247,66 +293,29 @@ class Renderer:
     def _attachments(
         self, context: dict[str, Any], row: Location
     ) -> tuple[tuple[int, Path, str], ...]:
+        """The attachments chosen or named per recipient: (index, file, name in the mail)."""
         files = []
-        for index, spec in enumerate(self.campaign.attachments):
-            if spec.templated:
-                path = self._attachment_path(index, context, row)
-                if not path.is_file():
-                    raise AttachmentError(
-                        f"{display_path(path)}: no such file", where=spec.where, row=row
-                    )
-            elif spec.filename and _is_template(spec.filename):
-                path = Path(spec.path)  # the same file for all, named per recipient
+        for entry in self.templates.attachments:
+            if entry.path is not None:
+                rendered = self._one_line(entry.path, context, row)
+                path = locate(self.campaign, entry.index, rendered, row, entry.made_of)
             else:
-                continue
-            files.append((index, path, self.filename(index, context, row) or path.name))
+                path = Path(entry.spec.path)  # the same file for all, named per recipient
+            name = path.name
+            if entry.filename is not None:
+                name = check_filename(entry.spec, self._one_line(entry.filename, context, row), row)
+            files.append((entry.index, path, name))
         return tuple(files)
-
-    def _attachment_path(self, index: int, context: dict[str, Any], row: Location) -> Path:
-        """A per-recipient attachment's path, which must lie in the folder its template
-        names: CSV data picks a file there, it can't reach /etc/passwd with ``..``, an
-        absolute path, ``~`` or a symbolic link pointing out."""
-        spec = self.campaign.attachments[index]
-        rendered = self._one_line(f"attachment{index}", context, row, "attachments") or ""
-        base = self.campaign.path.parent
-        folder = spec.folder or base
-        # A path starting with / or ~ is honoured only if the template itself starts so.
-        anchored = (spec.written or spec.path).startswith(("/", "~"))
-        escapes = not anchored and rendered.startswith(("/", "~"))
-        try:
-            path = base / (Path(rendered).expanduser() if anchored else Path(rendered))
-            escapes = escapes or not path.resolve().is_relative_to(folder)
-        except (OSError, RuntimeError, ValueError) as exc:  # a loop, ~nobody, a NUL byte
-            raise AttachmentError(
-                f"{rendered!r} is not a usable path: {exc}", where=spec.where, row=row
-            ) from None
-        if escapes:
-            made_of = ", ".join(self._path_fields.get(index, ()))
-            raise AttachmentError(
-                f"{rendered!r} is outside {display_path(folder)}/"
-                + (f" (the path is made from {made_of})" if made_of else "")
-                + "; a per-recipient attachment must stay in the folder its path names",
-                where=spec.where,
-                row=row,
-            )
-        return path
-
-    def filename(self, index: int, context: dict[str, Any], row: Location) -> str | None:
-        """The name an attachment is given in the mail, if the campaign sets one."""
-        name = self._one_line(f"filename{index}", context, row, "attachments")
-        if name is not None and ("/" in name or "\\" in name or not name.strip(".")):
-            spec = self.campaign.attachments[index]
-            raise AttachmentError(f"{name!r} is not a file name", where=spec.where, row=row)
-        return name
 
 
 def _compile_file(
     env: jinja2.Environment,
     path: Path,
     folders: list[Path],
-    compiled: dict[str, jinja2.Template],
+    files: set[str],
 ) -> jinja2.Template:
-    """Compile a template and, now rather than mid-run, every template it extends or includes."""
+    """Compile a template and, now rather than mid-run, every template it extends or
+    includes; the file name of each goes in ``files``."""
     name = next(path.relative_to(f).as_posix() for f in folders if path.is_relative_to(f))
     pending, seen, first = [name], set(), None
     while pending:
@@ -330,7 +339,8 @@ def _compile_file(
             found = next((f / current for f in folders if (f / current).is_file()), path)
             raise TemplateError("not UTF-8 text; save it as UTF-8", where=Location(found)) from None
         first = first or template
-        compiled[f"file:{current}"] = template
+        if template.filename:
+            files.add(template.filename)
         pending.extend(ref for ref in references if ref is not None)
     assert first is not None
     return first
