@@ -144,6 +144,14 @@ class Received:
         assert isinstance(message, EmailMessage)
         return message
 
+    def html(self) -> str:
+        """The content of the message's text/html part."""
+        part = self.parsed().get_body(("html",))
+        assert part is not None, "no text/html part"
+        content = part.get_content()
+        assert isinstance(content, str)
+        return content
+
 
 @dataclass
 class Connection:
@@ -223,7 +231,7 @@ class Inbox:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        over_tls = server.transport.get_extra_info("ssl_object") is not None
+        over_tls = _transport(server).get_extra_info("ssl_object") is not None
         session.host_name = hostname
         self._connection(server).ehlo.append((hostname, over_tls))
         return responses
@@ -278,7 +286,7 @@ class Inbox:
         )
         if self.faults.vanish_at_data > 0:
             self.faults.vanish_at_data -= 1
-            server.transport.abort()
+            _transport(server).abort()
             await asyncio.Event().wait()  # cancelled by connection_lost; no reply is sent
         if self.faults.drop_after is not None and len(self.messages) >= self.faults.drop_after:
             self.faults.drop_after = None
@@ -294,9 +302,16 @@ class Inbox:
         return "221 Bye"
 
 
-def _close_soon(server: SMTPServer) -> None:
+def _transport(server: SMTPServer) -> asyncio.Transport:
+    """The connection a handler runs on (aiosmtpd types it optional: it is unset between
+    connections, never inside a handler)."""
     transport = server.transport
-    server.loop.call_soon(transport.close)
+    assert isinstance(transport, asyncio.Transport)
+    return transport
+
+
+def _close_soon(server: SMTPServer) -> None:
+    server.loop.call_soon(_transport(server).close)
 
 
 Security = Literal["ssl", "starttls", "none"]

@@ -304,7 +304,9 @@ def test_send_test_mails_the_rendered_row_to_the_given_address_only(
     message = received.parsed()
     assert message["Subject"] == "[TEST] R3, the June issue"
     assert [a.addr_spec for a in message["To"].addresses] == ["me@example.org"]
-    assert "Hello R3," in message.get_body(("html",)).get_content()
+    html = message.get_body(("html",))
+    assert html is not None
+    assert "Hello R3," in html.get_content()
     assert not (campaign.campaigns / ".bulkmail").exists()  # nothing journaled
 
 

@@ -243,7 +243,7 @@ def test_error_after_opening_is_a_journal_error_naming_the_file(
 
 
 @pytest.fixture
-def umask() -> Iterator[Callable[[int], None]]:
+def umask() -> Iterator[Callable[[int], int]]:
     previous = os.umask(0o022)
     os.umask(previous)
     yield os.umask
@@ -256,7 +256,7 @@ def mode(path: Path) -> int:
 
 @pytest.mark.parametrize("mask", [0o000, 0o022, 0o077, 0o277])
 def test_journal_files_are_owner_only_whatever_the_umask(
-    tmp_path: Path, umask: Callable[[int], None], mask: int
+    tmp_path: Path, umask: Callable[[int], int], mask: int
 ) -> None:
     path = journal_path(tmp_path / "campaigns" / ".bulkmail", "june")
     umask(mask)

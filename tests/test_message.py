@@ -8,7 +8,7 @@ import hashlib
 import io
 import re
 from datetime import datetime
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser, Parser
 from pathlib import Path
 
@@ -52,7 +52,14 @@ def parse(data: bytes) -> EmailMessage:
     return msg
 
 
-def shape(part: EmailMessage) -> object:
+def decoded(part: MIMEPart) -> bytes:
+    """A leaf part's payload with its transfer encoding undone."""
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload
+
+
+def shape(part: MIMEPart) -> object:
     """The MIME tree as nested (content type, [children]) for one assert."""
     if part.is_multipart():
         return (part.get_content_type(), [shape(child) for child in part.iter_parts()])
@@ -294,7 +301,7 @@ def test_attachments_have_real_types_and_exact_bytes(tmp_path: Path) -> None:
         part = found[name]
         assert part.get_content_type() == content_type
         assert part.get_content_disposition() == "attachment"
-        assert sha256(part.get_payload(decode=True)) == sha256(data)
+        assert sha256(decoded(part)) == sha256(data)
     assert [(a.filename, a.content_type, a.size) for a in mail.attachments] == [
         (name, content_type, len(data)) for name, (content_type, data) in files.items()
     ]
@@ -358,7 +365,7 @@ def test_per_recipient_attachments_follow_each_row(tmp_path: Path) -> None:
         assert list(found) == ["programme.pdf", f"invoice-{cid}.pdf"]
         invoice = found[f"invoice-{cid}.pdf"]
         assert invoice.get_content_type() == "application/pdf"
-        assert sha256(invoice.get_payload(decode=True)) == sha256(invoices[cid])
+        assert sha256(decoded(invoice)) == sha256(invoices[cid])
 
 
 def test_missing_per_recipient_attachment_names_the_row(tmp_path: Path) -> None:

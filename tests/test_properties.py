@@ -140,8 +140,8 @@ def check_rows(rows: list[dict[str, str]]) -> None:
         except (PreflightError, RecipientError) as exc:
             refused = exc
         # (a RecipientError is raised, not collected, when the CSV cannot be read on)
-        problems = refused.problems if isinstance(refused, PreflightError) else [refused]
-        for problem in problems if refused else []:
+        named = refused.problems if isinstance(refused, PreflightError) else [refused]
+        for problem in named if refused else []:
             lines = named_lines(str(problem))
             assert lines, f"a problem that names no row: {problem}"
             assert set(lines) <= set(written.rows), str(problem)

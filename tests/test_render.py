@@ -63,7 +63,9 @@ def parsed_mails(campaign_dir: CampaignDir) -> list[EmailMessage]:
 def body(msg: EmailMessage, subtype: str) -> str:
     part = msg.get_body(preferencelist=(subtype,))
     assert part is not None, f"no text/{subtype} part"
-    return part.get_content().replace("\r\n", "\n")
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content.replace("\r\n", "\n")
 
 
 def element(html: str, element_id: str) -> lxml.html.HtmlElement:
@@ -74,7 +76,7 @@ def element(html: str, element_id: str) -> lxml.html.HtmlElement:
 
 def style_of(html: str, xpath: str) -> str:
     (node,) = lxml.html.fromstring(html).xpath(xpath)
-    return node.get("style", "")
+    return str(node.get("style", ""))
 
 
 # --- autoescaping ---------------------------------------------------------------------------

@@ -419,7 +419,7 @@ def test_changed_template_between_runs_needs_allow_changes(
     assert allowed.exit_code == 0, allowed.stderr
     assert "12 accepted" in allowed.stdout
     assert smtpd.inbox.recipients == [f"reader{i}@example.com" for i in range(20)]
-    html = [m.parsed().get_body(("html",)).get_content() for m in smtpd.inbox.messages]
+    html = [m.html() for m in smtpd.inbox.messages]
     assert ["corrected edition" in text for text in html] == [False] * 8 + [True] * 12
 
 

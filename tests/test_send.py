@@ -61,7 +61,9 @@ def test_batch_goes_through_one_connection_and_one_login(
         payload = attachment.get_content()
         assert hashlib.sha256(payload).digest() == hashlib.sha256(PDF).digest()
         assert message.get_body(("plain",)) is not None
-        assert "style=" in message.get_body(("html",)).get_content()
+        html = message.get_body(("html",))
+        assert html is not None
+        assert "style=" in html.get_content()
     assert inbox.connections[0].quit
 
 
