@@ -1,180 +1,44 @@
-"""The library API: check a campaign, preview it, send it. The CLI is a thin layer over this."""
+"""The library API: check a campaign, preview it. The CLI is a thin layer over this.
+
+Both build every mail with one `Builder` (bulkmail/build.py); sending is in send.py.
+"""
 
 from __future__ import annotations
 
-import collections
-import csv
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from bulkmail.compose.workers import MailFactory, build_in_order, default_workers
+from bulkmail.build import Builder, BuildResult, OnEvent
 from bulkmail.deliver.preview import PreviewTransport
-from bulkmail.errors import CampaignError, PreflightError
-from bulkmail.load.campaign import load_campaign
-from bulkmail.load.recipients import Skipped, iter_recipients, load_suppressed
-from bulkmail.models import Attachment, Campaign, OutgoingMail, Recipient
+from bulkmail.load.campaign import as_campaign
+from bulkmail.models import Campaign
+from bulkmail.reports import CheckReport, PreviewReport
 
-MAX_PROBLEMS = 20
+__all__ = ["OnEvent", "add_warnings", "check_campaign", "preview_campaign", "reported"]
+
 # Gmail and Yahoo require one-click unsubscribe from bulk senders (2024); below this many
 # recipients a campaign is probably not a newsletter, so a missing unsubscribe only warns above.
 UNSUBSCRIBE_WARNING_AT = 100
 
-
-@dataclass(frozen=True)
-class Event:
-    """Progress of a run, for a CLI or a log: ``kind`` is "built", "skipped", "sent", ..."""
-
-    kind: str
-    done: int = 0
-    total: int | None = None
-    mail: OutgoingMail | None = None
-    skipped: Skipped | None = None
-    detail: str = ""
+Report = TypeVar("Report", bound=CheckReport)
 
 
-OnEvent = Callable[[Event], None]
-
-
-@dataclass
-class CheckReport:
-    """What the preflight found: how many mails, which rows are skipped, and warnings."""
-
-    campaign: Campaign
-    mails: int = 0
-    total_bytes: int = 0
-    largest: int = 0
-    duplicates: int = 0
-    suppressed: int = 0
-    attachments: tuple[Attachment, ...] = ()  # the ones every mail carries
-    skipped: list[Skipped] = field(default_factory=list)  # the first few, to show
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PreviewReport(CheckReport):
-    """A dry run's outcome: the check's figures and where the previews are."""
-
-    out: Path = Path()
-
-
-class ProblemLog:
-    """Collects preflight problems, merging the same problem on many rows into one line."""
-
-    def __init__(self, limit: int = MAX_PROBLEMS) -> None:
-        self.limit = limit
-        self.found: dict[tuple[str, str], CampaignError] = {}
-        self.rows: dict[tuple[str, str], int] = {}
-        self.lines: dict[tuple[str, str], int] = {}  # the first CSV line with it
-        self.truncated = False
-
-    def add(self, error: CampaignError, line: int = 0) -> None:
-        """Note a problem found on CSV ``line`` (0: not on a row)."""
-        key = (str(error.where), error.message)
-        if key in self.found:
-            self.rows[key] += 1
-        elif len(self.found) < self.limit:
-            self.found[key] = error
-            self.rows[key] = 1
-            self.lines[key] = line
-        else:
-            self.truncated = True
-
-    def raise_if_any(self) -> None:
-        """Raise PreflightError with the problems in list order, if there are any."""
-        if not self.found:
-            return
-        problems = []
-        for key in sorted(self.found, key=self.lines.__getitem__):
-            error = self.found[key]
-            error.more_rows = self.rows[key] - 1
-            problems.append(error)
-        raise PreflightError(problems, truncated=self.truncated)
-
-
-def count_rows(path: Path) -> int | None:
-    """How many records the CSV has (for a progress bar), or None if it can't be read."""
-    try:
-        with path.open(encoding="utf-8-sig", errors="replace", newline="") as file:
-            return max(sum(1 for row in csv.reader(file) if row) - 1, 0)
-    except (OSError, csv.Error):
-        return None
-
-
-def build_mails(
-    campaign: Campaign,
-    report: CheckReport,
-    problems: ProblemLog,
-    *,
-    limit: int | None,
-    on_event: OnEvent | None = None,
-    workers: int | None = None,
-    content: bool = True,
-    select: Callable[[Recipient], bool] | None = None,
-) -> Iterator[OutgoingMail]:
-    """Render and build every recipient's mail in list order, noting problems and skipped
-    rows. ``workers``: processes to build in (None: as many as pay off, 0: none);
-    ``content=False``: the mails may come without their bytes (for counting only);
-    ``select``: only the recipients it accepts are built (the others count toward
-    ``limit`` all the same)."""
-    factory = MailFactory(campaign)  # compiles and reads everything: fails early, here
-    report.attachments = tuple(info for _, info in factory.builder.shared.values())
-    suppressed = (
-        load_suppressed(
-            campaign.suppress,
-            delimiter=campaign.suppress_delimiter,
-            allow_special_domains=campaign.allow_special_domains,
-        )
-        if campaign.suppress
-        else frozenset()
-    )
-    total = count_rows(campaign.recipients)
-    if limit is not None and total is not None:
-        total = min(total, limit)
-    if workers is None:
-        workers = default_workers(total)
-
-    def recipients() -> Iterator[tuple[int, Recipient]]:
-        index = 0
-        rows = iter_recipients(
-            campaign.recipients,
-            suppressed=suppressed,
-            delimiter=campaign.recipients_delimiter,
-            allow_special_domains=campaign.allow_special_domains,
-        )
-        for row in rows:
-            if limit is not None and index >= limit:
-                return
-            if isinstance(row, CampaignError):
-                problems.add(row, (row.where.line or 0) if row.where else 0)
-            elif isinstance(row, Skipped):
-                if row.reason == "duplicate":
-                    report.duplicates += 1
-                else:
-                    report.suppressed += 1
-                if len(report.skipped) < MAX_PROBLEMS:
-                    report.skipped.append(row)
-                if on_event:
-                    on_event(Event("skipped", index, total, skipped=row))
-            else:
-                index += 1
-                if select is None or select(row):
-                    yield index, row
-
-    built_mails = build_in_order(campaign, factory, recipients(), workers=workers, content=content)
-    for recipient, built in built_mails:
-        if isinstance(built, CampaignError):
-            problems.add(built, recipient.line)
-            continue
-        report.mails += 1
-        report.total_bytes += built.size
-        report.largest = max(report.largest, built.size)
-        if on_event:
-            on_event(Event("built", built.index, total, mail=built))
-        yield built
+def reported(report: Report, builder: Builder, result: BuildResult) -> Report:
+    """``report`` with what a build found: its counts, the skipped rows to show, the
+    attachments every mail carries, and the warnings they call for."""
+    report.mails = result.mails
+    report.total_bytes = result.total_bytes
+    report.largest = result.largest
+    report.duplicates = result.duplicates
+    report.suppressed = result.suppressed
+    report.skipped = list(result.skipped)
+    report.attachments = builder.attachments
+    add_warnings(report)
+    return report
 
 
 def add_warnings(report: CheckReport) -> None:
+    """Note what is not wrong but worth a second look before sending."""
     campaign = report.campaign
     if campaign.unsubscribe is None and report.mails >= UNSUBSCRIBE_WARNING_AT:
         report.warnings.append(
@@ -186,10 +50,6 @@ def add_warnings(report: CheckReport) -> None:
             f"{report.duplicates:,} duplicate address{'es' if report.duplicates > 1 else ''} "
             "in the list: each address is mailed once"
         )
-
-
-def as_campaign(campaign: Campaign | str | Path) -> Campaign:
-    return campaign if isinstance(campaign, Campaign) else load_campaign(campaign)
 
 
 def check_campaign(
@@ -207,15 +67,10 @@ def check_campaign(
         print(report.mails, "mails,", report.total_bytes, "bytes")
     """
     campaign = as_campaign(campaign)
-    report = CheckReport(campaign)
-    problems = ProblemLog()
-    mails = build_mails(
-        campaign, report, problems, limit=limit, on_event=on_event, workers=workers, content=False
-    )
-    collections.deque(mails, maxlen=0)  # build them all; the report counts as they go
-    problems.raise_if_any()
-    add_warnings(report)
-    return report
+    builder = Builder.load(campaign)
+    result = builder.check(limit=limit, on_event=on_event, workers=workers)
+    result.problems.raise_if_any()
+    return reported(CheckReport(campaign), builder, result)
 
 
 def preview_campaign(
@@ -238,15 +93,12 @@ def preview_campaign(
         print("open", report.out / "index.html")
     """
     campaign = as_campaign(campaign)
+    builder = Builder.load(campaign)
     report = PreviewReport(campaign, out=(out or campaign.preview_out).resolve())
-    problems = ProblemLog()
     with PreviewTransport(report.out, name=campaign.name) as transport:
-        mails = build_mails(
-            campaign, report, problems, limit=limit, on_event=on_event, workers=workers
-        )
+        mails = builder.mails(limit=limit, on_event=on_event, workers=workers)
         for mail in mails:
-            if not problems.found:  # once anything is wrong, only keep checking
+            if mails.result.ok:  # once anything is wrong, only keep checking
                 transport.send(mail)
-        problems.raise_if_any()
-    add_warnings(report)
-    return report
+        mails.result.problems.raise_if_any()
+    return reported(report, builder, mails.result)

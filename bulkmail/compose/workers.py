@@ -10,6 +10,7 @@ workers back instead of filling memory.
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import signal
 import threading
@@ -17,10 +18,11 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import islice
 
-from bulkmail.compose.message import MessageBuilder
+from bulkmail.compose.attachments import Attachments
+from bulkmail.compose.message import POLICY, MessageBuilder
 from bulkmail.compose.render import Renderer
 from bulkmail.errors import CampaignError
 from bulkmail.models import Campaign, OutgoingMail, Recipient
@@ -32,24 +34,36 @@ PARALLEL_FROM = 300
 Built = OutgoingMail | CampaignError
 
 
+@dataclass(frozen=True)
 class MailFactory:
     """Builds one recipient's mail in this process: templates compiled, files read once."""
 
-    def __init__(self, campaign: Campaign) -> None:
-        self.renderer = Renderer.load(campaign)
-        self.builder = MessageBuilder.load(campaign)
+    campaign: Campaign
+    renderer: Renderer
+    builder: MessageBuilder
 
-    def build(self, index: int, recipient: Recipient) -> Built:
+    @classmethod
+    def load(cls, campaign: Campaign) -> MailFactory:
+        """Compile every template and read every shared file; raise what is wrong."""
+        attachments = Attachments.load(campaign, POLICY)
+        return cls(campaign, Renderer.load(campaign), MessageBuilder.load(campaign, attachments))
+
+    def build(self, index: int, recipient: Recipient, *, content: bool = True) -> Built:
+        """The recipient's mail, or the problem that stops it. ``content=False``: without
+        its ``data`` and ``html`` (``size`` stays), for a run that only counts."""
         try:
-            return self.builder.build(index, recipient, self.renderer.render(recipient))
+            mail = self.builder.build(index, recipient, self.renderer.render(recipient))
         except CampaignError as exc:
             return exc
+        return mail if content else replace(mail, data=b"", html="")
 
 
 _factory: MailFactory | None = None
 
 
-def _start_worker(campaign: Campaign) -> None:
+def _start_worker(factory: MailFactory | Campaign) -> None:
+    """A worker's setup: a forked worker is handed the main process's factory, templates
+    compiled and files read; elsewhere (no fork) it loads its own from the campaign."""
     global _factory
     # Ctrl-C, SIGTERM and SIGHUP to the process group reach the workers too: the main process
     # decides what to do, and ends them when it is done.
@@ -57,7 +71,7 @@ def _start_worker(campaign: Campaign) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    _factory = MailFactory(campaign)
+    _factory = factory if isinstance(factory, MailFactory) else MailFactory.load(factory)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -68,12 +82,21 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _build_batch(batch: list[tuple[int, Recipient]], content: bool) -> list[Built]:
+    # content=False: a check only counts, so the bytes are not shipped back through the pipe.
     assert _factory is not None
-    built = [_factory.build(index, recipient) for index, recipient in batch]
-    if content:
-        return built
-    # A check only counts: don't ship every message back through the pipe.
-    return [b if isinstance(b, CampaignError) else replace(b, data=b"", html="") for b in built]
+    return [_factory.build(index, recipient, content=content) for index, recipient in batch]
+
+
+def _pool(workers: int, factory: MailFactory) -> ProcessPoolExecutor:
+    """Worker processes that build with ``factory``: forked, they inherit it as it is (no
+    template compiled or file read again, nothing pickled); where fork is missing, each
+    loads its own from the campaign."""
+    if "fork" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("fork")
+        return ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker, initargs=(factory,)
+        )
+    return ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(factory.campaign,))
 
 
 def default_workers(rows: int | None) -> int:
@@ -85,7 +108,6 @@ def default_workers(rows: int | None) -> int:
 
 
 def build_in_order(
-    campaign: Campaign,
     factory: MailFactory,
     items: Iterable[tuple[int, Recipient]],
     *,
@@ -94,18 +116,18 @@ def build_in_order(
 ) -> Iterator[tuple[Recipient, Built]]:
     """Each ``(index, recipient)`` with its built mail (or its problem), in input order.
 
-    ``workers=0`` builds in this process with ``factory``. ``content=False`` may leave
-    the mails' ``data`` and ``html`` empty (their ``size`` stays): enough for a check.
+    ``workers=0`` builds in this process with ``factory``. ``content=False`` leaves the
+    mails' ``data`` and ``html`` empty (their ``size`` stays): enough for a check.
     """
     if workers <= 0:
         for index, recipient in items:
-            yield recipient, factory.build(index, recipient)
+            yield recipient, factory.build(index, recipient, content=content)
         return
     iterator = iter(items)
     # Forked workers share the main process's memory until they write to it; the cyclic
     # GC walking every object would make them copy it all. Frozen objects are left alone.
     gc.freeze()
-    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(campaign,)) as pool:
+    with _pool(workers, factory) as pool:
         pending: deque[tuple[list[tuple[int, Recipient]], Future[list[Built]]]] = deque()
         try:
             while True:
