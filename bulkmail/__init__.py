@@ -27,7 +27,7 @@ if typing.TYPE_CHECKING:
         TLSError,
     )
     from bulkmail.journal.sqlite import Entry, Summary
-    from bulkmail.journal.status import campaign_status
+    from bulkmail.journal.status import campaign_status, write_failed_csv
     from bulkmail.load.campaign import load_campaign
     from bulkmail.models import (
         Attachment,
@@ -87,6 +87,7 @@ __all__ = [
     "preview_campaign",
     "send_campaign",
     "send_test",
+    "write_failed_csv",
 ]
 
 # The module each exported name is defined in.
@@ -116,6 +117,7 @@ _HOMES = {
     "send_campaign": "send",
     "send_test": "send",
     "campaign_status": "journal.status",
+    "write_failed_csv": "journal.status",
 }
 
 

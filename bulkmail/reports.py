@@ -6,6 +6,7 @@ tables, a script's JSON) never loads the templates or the SMTP stack.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +29,27 @@ class CheckReport:
     skipped: list[Skipped] = field(default_factory=list)  # the first few, to show
     warnings: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, object]:
+        """The figures as JSON-ready data (``bulkmail check --json`` prints it)."""
+        return {
+            "campaign": self.campaign.name,
+            "mails": self.mails,
+            "duplicates": self.duplicates,
+            "suppressed": self.suppressed,
+            "total_bytes": self.total_bytes,
+            "warnings": list(self.warnings),
+        }
+
 
 @dataclass
 class PreviewReport(CheckReport):
     """A dry run's outcome: the check's figures and where the previews are."""
 
     out: Path = Path()
+
+    def to_dict(self) -> dict[str, object]:
+        """The check's figures and the previews' folder (``bulkmail preview --json``)."""
+        return {**super().to_dict(), "out": str(self.out)}
 
 
 @dataclass
@@ -46,6 +62,15 @@ class SendPlan:
     already_accepted: int
     earlier_failed: int  # failed before and not retried in this run
     uncertain: int  # left "sending" by a crash, not resent in this run
+
+    @property
+    def estimated_seconds(self) -> float | None:
+        """How long sending ``to_send`` mails takes at the campaign's rate (None: no limit):
+        the first ``burst`` go at once."""
+        rate = self.campaign.rate
+        if not rate.per_second:
+            return None
+        return max(self.to_send - rate.burst, 0) / rate.per_second
 
 
 @dataclass
@@ -72,6 +97,46 @@ class SendReport:
     def complete(self) -> bool:
         return not self.interrupted and self.stopped is None
 
+    @property
+    def exit_code(self) -> int:
+        """The documented exit code of the run: 0 only when every recipient was accepted.
+
+        4 (the error's code) when delivery stopped, 130 when interrupted, 3 while some
+        recipient failed or is in doubt, in this run or in an earlier one that this run did
+        not retry (or a mail could not be built again at its turn).
+        """
+        if self.stopped is not None:
+            return self.stopped.exit_code
+        if self.interrupted:
+            return 130
+        plan = self.plan
+        refused = self.failed or self.uncertain or self.unbuilt
+        return 3 if refused or plan.uncertain or plan.earlier_failed else 0
+
+    def to_dict(self) -> dict[str, object]:
+        """The outcome as JSON-ready data (``bulkmail run --json`` prints it)."""
+        plan = self.plan
+        return {
+            "campaign": plan.campaign.name,
+            "accepted": self.accepted,
+            "failed": self.failed,
+            "uncertain": self.uncertain,
+            "already_accepted": plan.already_accepted,
+            "earlier_failed": plan.earlier_failed,
+            "earlier_uncertain": plan.uncertain,
+            "suppressed": plan.check.suppressed,
+            "duplicates": plan.check.duplicates,
+            "interrupted": self.interrupted,
+            "stopped": str(self.stopped) if self.stopped else None,
+            "failures": [
+                {"email": r.email, "line": r.line, "reply": why} for r, why in self.failures
+            ],
+            "not_sent": [str(problem) for problem in self.unbuilt],
+            "added_during_run": self.added,
+            "elapsed_seconds": round(self.elapsed, 3),
+            "journal": str(self.journal),
+        }
+
 
 @dataclass(frozen=True)
 class CampaignStatus:
@@ -82,3 +147,36 @@ class CampaignStatus:
     summary: Summary | None  # None: never run
     failed: list[Entry]
     uncertain: list[Entry]
+
+    def to_dict(self) -> dict[str, object]:
+        """Where the campaign stands as JSON-ready data (``bulkmail status --json``); times
+        in ISO 8601 with this machine's offset."""
+        summary = self.summary
+        return {
+            "campaign": self.campaign.name,
+            "journal": str(self.journal),
+            "counts": {s.value: n for s, n in summary.counts.items()} if summary else {},
+            "runs": summary.runs if summary else 0,
+            "started": iso_time(summary.started) if summary else None,
+            "last_sent": iso_time(summary.last_sent) if summary else None,
+            "rate_per_second": round(summary.rate, 3) if summary and summary.rate else None,
+            "failed": [_entry_dict(e) for e in self.failed],
+            "uncertain": [_entry_dict(e) for e in self.uncertain],
+        }
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    """A journal's timestamp in ISO 8601, to the second, in this machine's time zone."""
+    if timestamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def _entry_dict(entry: Entry) -> dict[str, object]:
+    return {
+        "email": entry.email,
+        "line": entry.line,
+        "attempts": entry.attempts,
+        "code": entry.code,
+        "reply": entry.reply,
+    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import getpass
 import importlib.metadata
@@ -14,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import rich.console
 import rich.table
@@ -22,15 +21,27 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
+from bulkmail import (
+    BulkmailError,
+    CampaignError,
+    CheckReport,
+    Event,
+    Location,
+    PreflightError,
+    SendPlan,
+    SendReport,
+    campaign_status,
+    check_campaign,
+    preview_campaign,
+    send_campaign,
+    send_test,
+    write_failed_csv,
+)
 from bulkmail.cli.terminal import Signals, Stream, guard_output
-from bulkmail.errors import BulkmailError, CampaignError, PreflightError, display_path
-from bulkmail.journal.sqlite import Entry
-from bulkmail.journal.status import campaign_status, write_failed_csv
-from bulkmail.models import Event
-from bulkmail.pipeline import check_campaign, preview_campaign
-from bulkmail.reports import CheckReport, SendPlan, SendReport
-from bulkmail.send import send_campaign, send_test
 from bulkmail.sizes import format_size
+
+if TYPE_CHECKING:
+    import rich.progress  # loaded when a bar is first shown
 
 
 class _FlagsShownAsFlags:
@@ -140,14 +151,19 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+def _shown(path: Path) -> str:
+    """``path`` as the user would type it: relative to the working directory if below it."""
+    return str(Location(path))
+
+
 def _summary(report: CheckReport, title: str) -> rich.table.Table:
     campaign = report.campaign
     table = rich.table.Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("campaign", escape(f"{campaign.name} ({display_path(campaign.path)})"))
+    table.add_row("campaign", escape(f"{campaign.name} ({_shown(campaign.path)})"))
     table.add_row("from", escape(campaign.sender))
-    table.add_row("recipients", escape(display_path(campaign.recipients)))
+    table.add_row("recipients", escape(_shown(campaign.recipients)))
     table.add_row("mails", f"{report.mails:,}")
     table.add_row("duplicates", f"{report.duplicates:,} (mailed once)")
     table.add_row("suppressed", f"{report.suppressed:,} (not mailed)")
@@ -163,56 +179,109 @@ def _summary(report: CheckReport, title: str) -> rich.table.Table:
     return table
 
 
-def _show(report: CheckReport, title: str, as_json: bool, **extra: object) -> None:
+def _show(report: CheckReport, title: str, as_json: bool) -> None:
     if as_json:
-        data = {
-            "campaign": report.campaign.name,
-            "mails": report.mails,
-            "duplicates": report.duplicates,
-            "suppressed": report.suppressed,
-            "total_bytes": report.total_bytes,
-            "warnings": report.warnings,
-            **extra,
-        }
-        print(json.dumps(data, indent=2, default=str))
+        print(json.dumps(report.to_dict(), indent=2))
         return
     out.print(_summary(report, title))
     for skipped in report.skipped:
-        row = f"{display_path(report.campaign.recipients)}:{skipped.recipient.line}"
+        row = f"{_shown(report.campaign.recipients)}:{skipped.recipient.line}"
         out.print(escape(f"skipped {row}: {skipped.recipient.email}: {skipped.detail}"))
     for warning in report.warnings:
         err.print(f"[yellow]warning[/]: {escape(warning)}")
 
 
 class _Progress:
-    """A rich progress bar fed by pipeline events; silent when stdout is not a terminal."""
+    """What a command is doing, on the terminal: a bar of the mails built ("checking",
+    "writing previews"), then, once sending begins, of the mails sent, with the sent and
+    failed counts and the rate. Reconnects and retries are lines on stderr, terminal or
+    not: a run that slows down says why. No bar when stdout is not a terminal, nor while
+    the plan, the question or the password prompt is on the screen (a live bar redraws
+    its line over them)."""
 
     def __init__(self, label: str) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
         self.enabled = out.is_terminal
-        self.progress = Progress(
+        self.label = label
+        self.bar: rich.progress.Progress | None = None
+        self.sending = False
+        self.sent = self.failed = 0
+        self.started = 0.0
+
+    def __enter__(self) -> _Progress:
+        self._show(self.label)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pause()
+
+    def __call__(self, event: Event) -> None:
+        _signals.checkpoint()
+        if event.kind in ("reconnect", "retry"):
+            self._note(event.detail)
+        elif self.sending and event.kind in ("sent", "failed", "uncertain"):
+            self._count(event)
+        elif not self.sending and event.kind == "built" and self.bar is not None:
+            self.bar.update(self.task, completed=event.done, total=event.total)
+
+    def pause(self) -> None:
+        """Clear the bar (the preflight is done, or sending is)."""
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def send(self) -> None:
+        """Sending begins: count the outcomes, in a bar shown at the first one."""
+        self.pause()
+        self.sending = True
+        self.started = time.monotonic()
+
+    def _count(self, event: Event) -> None:
+        if event.kind == "sent":
+            self.sent += 1
+        else:
+            self.failed += 1
+        if self.bar is None:
+            self._show("sending")
+        assert self.bar is not None
+        elapsed = time.monotonic() - self.started
+        rate = f" {(self.sent + self.failed) / elapsed:.1f}/s" if elapsed > 0 else ""
+        counts = f"[green]{self.sent} sent[/] [red]{self.failed} failed[/]{rate}"
+        self.bar.update(self.task, completed=event.done, total=event.total, counts=counts)
+
+    def _show(self, label: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
             "[progress.description]{task.description}",
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
             TimeRemainingColumn(),
             console=out,
             transient=True,
             disable=not self.enabled,
         )
-        self.task = self.progress.add_task(label, total=None)
+        self.task = self.bar.add_task(label, total=None, counts="")
+        self.bar.start()
 
-    def __call__(self, event: Event) -> None:
-        _signals.checkpoint()
-        if self.enabled and event.kind == "built":
-            self.progress.update(self.task, completed=event.done, total=event.total)
-
-    def __enter__(self) -> _Progress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+    def _note(self, text: str) -> None:
+        """One line on stderr, above the bar when both are on the terminal."""
+        if self.bar is None or not self.enabled:
+            err.print(escape(text))
+        elif err.is_terminal:
+            # The bar's screen: printed above the bar, which a plain write would garble.
+            self.bar.console.print(escape(text), soft_wrap=True)
+        else:
+            # While the bar is live, rich sends sys.stderr to the bar's console (stdout);
+            # the line belongs in the file stderr goes to.
+            stream = getattr(sys.stderr, "rich_proxied_file", sys.stderr)
+            print(text, file=stream, flush=True)
 
 
 @app.command(cls=_Command)
@@ -244,79 +313,9 @@ def preview(
         _Progress("writing previews") as progress,
     ):
         report = preview_campaign(campaign, out=out_dir, limit=limit, on_event=progress)
-    _show(report, "Dry run: nothing was sent", as_json, out=str(report.out))
+    _show(report, "Dry run: nothing was sent", as_json)
     if not as_json:
-        out.print(f"previews: {escape(display_path(report.out / 'index.html'))}")
-
-
-class _SendProgress:
-    """Live progress of a send: a bar with sent and failed counts, rate and ETA."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.enabled = out.is_terminal
-        self.sent = self.failed = 0
-        self.started = time.monotonic()
-        self.progress = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("[green]{task.fields[sent]} sent[/] [red]{task.fields[failed]} failed[/]"),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=out,
-            transient=True,
-            disable=not self.enabled,
-        )
-        self.task = self.progress.add_task("sending", total=None, sent=0, failed=0, rate="")
-
-    def __call__(self, event: Event) -> None:
-        if event.kind in ("reconnect", "retry"):
-            self._note(event.detail)
-            return
-        if event.kind == "sent":
-            self.sent += 1
-        elif event.kind in ("failed", "uncertain"):
-            self.failed += 1
-        else:
-            return
-        elapsed = time.monotonic() - self.started
-        rate = f"{(self.sent + self.failed) / elapsed:.1f}/s" if elapsed > 0 else ""
-        self.progress.update(
-            self.task,
-            completed=event.done,
-            total=event.total,
-            sent=self.sent,
-            failed=self.failed,
-            rate=rate,
-        )
-
-    def _note(self, text: str) -> None:
-        """One line on stderr, terminal or not: why the run slows down (a reconnect, a retry)."""
-        if not self.enabled:
-            err.print(escape(text))
-        elif err.is_terminal:
-            # The bar's screen: printed above the bar, which a plain write would garble.
-            self.progress.console.print(escape(text), soft_wrap=True)
-        else:
-            # While the bar is live, rich sends sys.stderr to the bar's console (stdout);
-            # the line belongs in the file stderr goes to.
-            stream = getattr(sys.stderr, "rich_proxied_file", sys.stderr)
-            print(text, file=stream, flush=True)
-
-    def __enter__(self) -> _SendProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        out.print(f"previews: {escape(_shown(report.out / 'index.html'))}")
 
 
 def _describe_plan(plan: SendPlan) -> rich.table.Table:
@@ -330,7 +329,7 @@ def _describe_plan(plan: SendPlan) -> rich.table.Table:
         if smtp.username:
             server += f" as {smtp.username}"
         table.add_row("server", escape(server))
-    table.add_row("campaign", escape(f"{campaign.name} ({display_path(campaign.path)})"))
+    table.add_row("campaign", escape(f"{campaign.name} ({_shown(campaign.path)})"))
     table.add_row("from", escape(campaign.sender))
     table.add_row("recipients", f"{plan.to_send:,} to send")
     if plan.already_accepted:
@@ -339,11 +338,9 @@ def _describe_plan(plan: SendPlan) -> rich.table.Table:
         table.add_row("failed before", f"{plan.earlier_failed:,} (--retry-failed to retry)")
     if plan.uncertain:
         table.add_row("uncertain", f"{plan.uncertain:,} (--resend-uncertain to resend)")
-    rate = campaign.rate
-    table.add_row("rate", rate.text)
-    if rate.per_second:
-        seconds = max(plan.to_send - rate.burst, 0) / rate.per_second
-        table.add_row("estimated time", _duration(seconds))
+    table.add_row("rate", campaign.rate.text)
+    if plan.estimated_seconds is not None:
+        table.add_row("estimated time", _duration(plan.estimated_seconds))
     return table
 
 
@@ -380,7 +377,7 @@ def _confirm(
     yes: bool,
     *,
     console: rich.console.Console,
-    progress: _RunProgress,
+    progress: _Progress,
     confirmed: Callable[[], None],
 ) -> Callable[[SendPlan], bool]:
     """Show the plan on ``console`` and, unless ``yes``, ask; call ``confirmed`` on a yes."""
@@ -414,73 +411,7 @@ def _password_prompt() -> Callable[[str], str] | None:
     return ask
 
 
-class _RunProgress:
-    """A run's progress: "checking" during the preflight, the sending bar from the first
-    mail on, and neither in between, while the plan, the question or the password prompt
-    is on the screen (a live bar redraws its line over them)."""
-
-    def __init__(self) -> None:
-        self.checking: _Progress | None = _Progress("checking")
-        self.sending: _SendProgress | None = None
-        self.started = False
-
-    def __enter__(self) -> _RunProgress:
-        if self.checking is not None:
-            self.checking.__enter__()
-        return self
-
-    def __call__(self, event: Event) -> None:
-        _signals.checkpoint()
-        if self.checking is not None:
-            self.checking(event)
-        elif self.sending is not None:
-            if not self.started:
-                self.sending.__enter__()
-                self.started = True
-            self.sending(event)
-
-    def pause(self) -> None:
-        """The preflight is done: clear its bar."""
-        if self.checking is not None:
-            self.checking.__exit__()
-            self.checking = None
-
-    def send(self) -> None:
-        """Sending begins: show the bar at the first mail."""
-        self.pause()
-        self.sending = _SendProgress()
-
-    def __exit__(self, *exc: object) -> None:
-        self.pause()
-        if self.sending is not None and self.started:
-            self.sending.__exit__()
-
-
-def _send_report_json(report: SendReport) -> dict[str, object]:
-    plan = report.plan
-    return {
-        "campaign": plan.campaign.name,
-        "accepted": report.accepted,
-        "failed": report.failed,
-        "uncertain": report.uncertain,
-        "already_accepted": plan.already_accepted,
-        "earlier_failed": plan.earlier_failed,
-        "earlier_uncertain": plan.uncertain,
-        "suppressed": plan.check.suppressed,
-        "duplicates": plan.check.duplicates,
-        "interrupted": report.interrupted,
-        "stopped": str(report.stopped) if report.stopped else None,
-        "failures": [
-            {"email": r.email, "line": r.line, "reply": why} for r, why in report.failures
-        ],
-        "not_sent": [str(problem) for problem in report.unbuilt],
-        "added_during_run": report.added,
-        "elapsed_seconds": round(report.elapsed, 3),
-        "journal": str(report.journal),
-    }
-
-
-def _show_send_report(report: SendReport, command: str) -> int:
+def _show_send_report(report: SendReport, command: str) -> None:
     plan = report.plan
     skipped = [f"{plan.already_accepted:,} already sent"]
     if plan.uncertain:
@@ -498,11 +429,11 @@ def _show_send_report(report: SendReport, command: str) -> int:
         err.print(f"[red]failed[/]: {escape(why)}")
     if report.failed > len(report.failures):
         err.print(f"... and {report.failed - len(report.failures):,} more: bulkmail status")
-    return _exit_code(report, command)
+    _say_next_step(report, command)
 
 
-def _exit_code(report: SendReport, command: str) -> int:
-    """The documented exit code of a run, with what to do next on stderr."""
+def _say_next_step(report: SendReport, command: str) -> None:
+    """On stderr: what was not sent and why, and what to do next."""
     hint = escape(command)
     for problem in report.unbuilt:
         err.print(f"[red]not sent[/]: {escape(str(problem))}")
@@ -511,15 +442,8 @@ def _exit_code(report: SendReport, command: str) -> int:
     if report.stopped is not None:
         err.print(f"[red]error[/]: {escape(str(report.stopped))}")
         err.print(f"delivery stopped; what was sent is journaled: rerun `{hint}` to go on.")
-        return report.stopped.exit_code
-    if report.interrupted:
+    elif report.interrupted:
         err.print(f"interrupted; rerun `{hint}` to resume where it stopped.")
-        return 130
-    plan = report.plan
-    # 0 promises that every recipient was accepted: not so while some are in doubt or
-    # failed, in this run or an earlier one that this run did not retry.
-    refused = report.failed or report.uncertain or report.unbuilt
-    return 3 if refused or plan.uncertain or plan.earlier_failed else 0
 
 
 @app.command(cls=_Command)
@@ -558,20 +482,13 @@ def run(
     if dry_run:
         preview(campaign, out_dir=out_dir, limit=limit, as_json=as_json)
         return
-    # The resume hint repeats the options that shape the run, so that a script (with
-    # --yes) can run it as it is. Never --resend-uncertain: whoever this run left in
-    # doubt must not be mailed again unasked.
     options = {
         "--yes": yes,
         "--retry-failed": retry_failed,
         "--allow-changes": allow_changes,
         "--json": as_json,
     }
-    command = shlex.join(
-        ["bulkmail", "run", str(campaign)]
-        + [name for name, given in options.items() if given]
-        + (["--limit", str(limit)] if limit is not None else [])
-    )
+    command = _resume_command(campaign, options, limit)
     # The plan and the question go where the user sees them: not into stdout when it holds
     # the JSON summary, or when it is not the terminal the answer comes from.
     shown_on = err if as_json or (not yes and not out.is_terminal) else out
@@ -582,7 +499,7 @@ def run(
         _signals.now(Signals.BEFORE_SENDING, deferred=True)
         if not yes and not sys.stdin.isatty():
             raise CampaignError("no terminal to confirm on: add --yes to send")
-        with _RunProgress() as progress:
+        with _Progress("checking") as progress:
             report = send_campaign(
                 campaign,
                 limit=limit,
@@ -604,12 +521,23 @@ def run(
             f"`bulkmail status {shlex.quote(str(campaign))}` shows its outcome."
         )
         if as_json:
-            print(json.dumps(_send_report_json(report), indent=2))
-            code = _exit_code(report, command)
+            print(json.dumps(report.to_dict(), indent=2))
+            _say_next_step(report, command)
         else:
-            code = _show_send_report(report, command)
+            _show_send_report(report, command)
         _tell_if_stdout_lost(report, campaign)
-    raise typer.Exit(code)
+    raise typer.Exit(report.exit_code)
+
+
+def _resume_command(campaign: Path, options: dict[str, bool], limit: int | None) -> str:
+    """The command that resumes this run, for the hints: it repeats the options that shape
+    the run, so that a script (with --yes) can run it as it is. Never --resend-uncertain:
+    whoever this run left in doubt must not be mailed again unasked."""
+    return shlex.join(
+        ["bulkmail", "run", str(campaign)]
+        + [name for name, given in options.items() if given]
+        + (["--limit", str(limit)] if limit is not None else [])
+    )
 
 
 def _tell_if_stdout_lost(report: SendReport, campaign: Path) -> None:
@@ -666,18 +594,8 @@ def status(
             count = write_failed_csv(state, failed_csv)
             err.print(f"wrote {count:,} failed rows to {escape(str(failed_csv))}")
     summary = state.summary
+    data = state.to_dict()
     if as_json:
-        data = {
-            "campaign": state.campaign.name,
-            "journal": str(state.journal),
-            "counts": {s.value: n for s, n in summary.counts.items()} if summary else {},
-            "runs": summary.runs if summary else 0,
-            "started": _iso(summary.started) if summary else None,
-            "last_sent": _iso(summary.last_sent) if summary else None,
-            "rate_per_second": round(summary.rate, 3) if summary and summary.rate else None,
-            "failed": [_entry_json(e) for e in state.failed],
-            "uncertain": [_entry_json(e) for e in state.uncertain],
-        }
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return
     if summary is None:
@@ -690,8 +608,7 @@ def status(
         table.add_row(key.value, f"{count:,}")
     out.print(table)
     out.print(
-        f"runs: {summary.runs}; started {_iso(summary.started)}; "
-        f"last accepted {_iso(summary.last_sent)}"
+        f"runs: {summary.runs}; started {data['started']}; last accepted {data['last_sent']}"
         + (f"; {summary.rate:.1f} mails/s" if summary.rate else "")
     )
     for entry in state.failed:
@@ -703,22 +620,6 @@ def status(
                 "(--resend-uncertain sends it again)"
             )
         )
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
-
-
-def _entry_json(entry: Entry) -> dict[str, object]:
-    return {
-        "email": entry.email,
-        "line": entry.line,
-        "attempts": entry.attempts,
-        "code": entry.code,
-        "reply": entry.reply,
-    }
 
 
 def main() -> None:

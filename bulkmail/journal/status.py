@@ -10,8 +10,8 @@ from typing import TextIO
 
 from bulkmail.errors import BulkmailError, Location
 from bulkmail.journal.sqlite import Journal, journal_exists, journal_path
+from bulkmail.load.campaign import as_campaign
 from bulkmail.models import Campaign, Status
-from bulkmail.pipeline import as_campaign
 from bulkmail.reports import CampaignStatus
 
 
