@@ -23,12 +23,18 @@ from bulkmail.deliver.preview import MARKER
 
 # Runs the CLI with a file size limit (RLIMIT_FSIZE): a write past it fails with EFBIG, as
 # a full disk fails with ENOSPC; SIGXFSZ ignored so the write returns the error instead.
+# Only the soft limit is set, and lifted on the way out: under `coverage run` the child
+# saves its coverage data at exit.
 LIMITED_CLI = """\
 import resource, runpy, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 limit = int(sys.argv.pop(1))
-resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-runpy.run_module("bulkmail", run_name="__main__", alter_sys=True)
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+try:
+    runpy.run_module("bulkmail", run_name="__main__", alter_sys=True)
+finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
 """
 DRY_RUN = ("run", "campaigns/test.yaml", "--dry-run")
 LONG_ASCII = "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 53 + ".com"
