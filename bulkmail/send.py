@@ -10,28 +10,28 @@ The order of work for `send_campaign`:
 3. ``confirm`` (the CLI's prompt) sees the plan and may cancel;
 4. each mail is rendered again, marked ``sending``, handed to the server at the configured
    rate, and its outcome recorded. A stop request is honoured between two mails.
+
+Step 4 is `_send_each`: `deliver.outcome.send_one` says what became of a mail, and the
+`record.Recorder` turns that into the journal, the report and the events.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
 import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bulkmail.compose.message import MessageBuilder
-from bulkmail.compose.render import Renderer
-from bulkmail.deliver.ratelimit import limiter_for
+from bulkmail.build import Builder, OnEvent, ProblemLog
+from bulkmail.deliver.outcome import send_one
+from bulkmail.deliver.ratelimit import RateLimiter, limiter_for
 from bulkmail.deliver.smtp import (
-    DeliveryUncertain,
     EventHandler,
-    SendCancelled,
     SMTPTransport,
     event_text,
     resolve_password,
@@ -43,60 +43,24 @@ from bulkmail.errors import (
     ConfigError,
     DeliveryError,
     Location,
-    RecipientError,
-    RecipientRefused,
 )
 from bulkmail.journal.sqlite import Entry, Journal, journal_path
-from bulkmail.load.recipients import Skipped, check_address, iter_recipients
-from bulkmail.models import Campaign, OutgoingMail, Rate, Recipient, Status
-from bulkmail.pipeline import (
-    CheckReport,
+from bulkmail.load.campaign import as_campaign
+from bulkmail.load.recipients import check_address
+from bulkmail.models import (
+    Campaign,
     Event,
-    OnEvent,
-    ProblemLog,
-    add_warnings,
-    as_campaign,
-    build_mails,
+    EventKind,
+    OutgoingMail,
+    Rate,
+    Recipient,
+    Status,
 )
+from bulkmail.pipeline import reported
+from bulkmail.record import Recorder, RunEvents
+from bulkmail.reports import CheckReport, SendPlan, SendReport
 
 MAX_LISTED = 20
-
-
-@dataclass
-class SendPlan:
-    """What a run is about to do, for the user to confirm."""
-
-    campaign: Campaign
-    check: CheckReport
-    to_send: int
-    already_accepted: int
-    earlier_failed: int  # failed before and not retried in this run
-    uncertain: int  # left "sending" by a crash, not resent in this run
-
-
-@dataclass
-class SendReport:
-    """The outcome of a run."""
-
-    plan: SendPlan
-    journal: Path
-    accepted: int = 0
-    failed: int = 0
-    uncertain: int = 0  # the connection died before the server answered
-    failures: list[tuple[Recipient, str]] = field(default_factory=list)  # the first few
-    interrupted: bool = False
-    stopped: DeliveryError | None = None  # the error that stopped the batch
-    elapsed: float = 0.0
-    # Rows the send met that the preflight had not seen (added to the list since): they
-    # are left for the next run, which checks them first.
-    added: int = 0
-    # Mails that could not be built again at their turn (a file changed or vanished since
-    # the preflight): not sent, still pending in the journal for the next run.
-    unbuilt: list[CampaignError] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not self.interrupted and self.stopped is None
 
 
 def _digest(data: bytes | str) -> str:
@@ -105,8 +69,9 @@ def _digest(data: bytes | str) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def content_fingerprint(campaign: Campaign, renderer: Renderer) -> dict[str, str]:
+def content_fingerprint(builder: Builder) -> dict[str, str]:
     """A digest of everything that makes up the mails' content, part by part."""
+    campaign = builder.campaign
     parts = {
         "from": campaign.sender,
         "reply_to": campaign.reply_to or "",
@@ -117,7 +82,7 @@ def content_fingerprint(campaign: Campaign, renderer: Renderer) -> dict[str, str
         "base_url": campaign.base_url or "",
     }
     fingerprint = {key: _digest(value) for key, value in parts.items()}
-    for path in renderer.template_files:
+    for path in builder.template_files:
         # Named relative to the campaign file: the same whatever folder bulkmail runs in.
         name = os.path.relpath(path, campaign.path.parent)
         fingerprint[f"template {name}"] = _digest(path.read_bytes())
@@ -157,7 +122,7 @@ def _should_send(entry: Entry | None, *, retry_failed: bool, resend_uncertain: b
 
 
 def _preflight(
-    campaign: Campaign,
+    builder: Builder,
     journal: Journal,
     *,
     limit: int | None,
@@ -166,23 +131,22 @@ def _preflight(
     on_event: OnEvent | None,
 ) -> SendPlan:
     """Build every mail, note the list in the journal and count what this run will send."""
-    report = CheckReport(campaign)
-    problems = ProblemLog()
-    plan = SendPlan(campaign, report, 0, 0, 0, 0)
+    campaign = builder.campaign
+    plan = SendPlan(campaign, CheckReport(campaign), 0, 0, 0, 0)
 
     def note(event: Event) -> None:
-        # Every suppressed row, not only the first few that report.skipped keeps.
+        # Every suppressed row, not only the first few that the result keeps.
         skipped = event.skipped
-        if skipped is not None and skipped.reason == "suppressed" and not problems.found:
+        if skipped is not None and skipped.reason == "suppressed" and mails.result.ok:
             journal.plan(skipped.recipient, Status.SKIPPED, skipped.detail)
         if on_event is not None:
             on_event(event)
 
     journal.begin_batch()
     # content=False: the preflight needs each mail built, not its bytes shipped back
-    mails = build_mails(campaign, report, problems, limit=limit, on_event=note, content=False)
+    mails = builder.mails(limit=limit, on_event=note, content=False)
     for mail in mails:
-        if problems.found:
+        if not mails.result.ok:
             continue
         journal.plan(mail.recipient)
         entry = journal.status_of(mail.recipient.key)
@@ -195,12 +159,12 @@ def _preflight(
         elif entry is not None and entry.status is Status.SENDING:
             plan.uncertain += 1
     try:
-        problems.raise_if_any()
+        mails.result.problems.raise_if_any()
     except BulkmailError:
         journal.rollback()
         raise
     journal.flush()
-    add_warnings(report)
+    reported(plan.check, builder, mails.result)
     return plan
 
 
@@ -236,16 +200,17 @@ def send_campaign(
     if transport is None and campaign.smtp is None:
         raise ConfigError("no 'smtp:' settings: add them to send", where=Location(campaign.path))
     path = journal_path(campaign.journal_dir, campaign.name)
+    builder = Builder.load(campaign)  # compiled and read once, for the preflight and the send
     with Journal(path) as journal:
         plan = _preflight(
-            campaign,
+            builder,
             journal,
             limit=limit,
             retry_failed=retry_failed,
             resend_uncertain=resend_uncertain,
             on_event=on_event,
         )
-        fingerprint = content_fingerprint(campaign, Renderer.load(campaign))
+        fingerprint = content_fingerprint(builder)
         _check_unchanged(journal, fingerprint, campaign, allow_changes)
         report = SendReport(plan, path)
         if plan.to_send == 0:
@@ -264,12 +229,11 @@ def send_campaign(
         # Rows already dealt with are not even rendered: a resume after 9,000 of 10,000
         # builds 1,000 mails. Rows new since the preflight (no entry) are let through, for
         # _deliver to count them.
-        unbuilt = ProblemLog(limit=MAX_LISTED)
         wanted = _wanted(journal, retry_failed=retry_failed, resend_uncertain=resend_uncertain)
-        mails = build_mails(campaign, CheckReport(campaign), unbuilt, limit=limit, select=wanted)
+        mails = builder.mails(limit=limit, select=wanted, max_problems=MAX_LISTED)
         _deliver(
             mails,
-            unbuilt,
+            mails.result.problems,
             journal,
             transport,
             report,
@@ -313,88 +277,62 @@ def _deliver(
     on_event: OnEvent | None,
 ) -> None:
     """Send ``mails`` (built as the loop consumes them; the problems of the ones that
-    could not be built are collected in ``unbuilt`` meanwhile) and journal each outcome."""
-    limiter = limiter_for(rate, sleep=stop.wait)  # a stop cuts the wait short
-    total = report.plan.to_send
-    started = time.monotonic()
-    journal.start_run()
-    recorded = False  # the fingerprint describes what was sent: stored with the first mail
-    outcome = "completed"
+    could not be built are collected in ``unbuilt`` meanwhile) and record each outcome.
 
-    def emit(kind: str, mail: OutgoingMail, detail: str = "") -> None:
-        if on_event:
-            done = report.accepted + report.failed + report.uncertain
-            on_event(Event(kind, done, total, mail=mail, detail=detail))
-
-    problems = unbuilt
+    Never raises a DeliveryError: one that stops the batch ends up in ``report.stopped``.
+    """
+    recorder = Recorder(journal, report, fingerprint, on_event)
+    recorder.start()
     try:
         with transport:
-            for mail in mails:
-                entry = journal.status_of(mail.recipient.key)
-                if entry is None:
-                    # Added to the list after the preflight: sending it now would leave
-                    # no journal row for it (marks update existing rows only), so a
-                    # later run would mail it again.
-                    report.added += 1
-                    continue
-                if not _should_send(
-                    entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain
-                ):
-                    continue
-                limiter.acquire()
-                if stop.is_set():
-                    report.interrupted = True
-                    outcome = "interrupted"
-                    break
-                if not recorded:  # committed together with the first mark
-                    journal.begin_batch()
-                    journal.set_meta("fingerprint", json.dumps(fingerprint, sort_keys=True))
-                    recorded = True
-                journal.sending(mail.recipient, mail.message_id)
-                try:
-                    reply = transport.send(mail)
-                except RecipientRefused as exc:
-                    journal.outcome(mail.recipient, Status.FAILED, exc.code, exc.reply)
-                    report.failed += 1
-                    if len(report.failures) < MAX_LISTED:
-                        report.failures.append((mail.recipient, str(exc)))
-                    emit("failed", mail, str(exc))
-                    continue
-                except SendCancelled:
-                    # Stopped while waiting to retry a 4xx: never handed over, so it is
-                    # put back as it was, and the run ends as interrupted.
-                    journal.unmark(mail.recipient, entry.status)
-                    report.interrupted = True
-                    outcome = "interrupted"
-                    break
-                except DeliveryUncertain as exc:
-                    # Left as "sending": the next run reports it and does not resend it.
-                    report.uncertain += 1
-                    emit("uncertain", mail, str(exc))
-                    continue
-                except DeliveryError:
-                    # Connect, TLS or login failed on a reconnect, or the connection kept
-                    # dropping before the end of DATA: this mail was never handed over,
-                    # so it is not in doubt. Put it back as it was for the next run.
-                    journal.unmark(mail.recipient, entry.status)
-                    raise
-                journal.outcome(mail.recipient, Status.ACCEPTED, 250, reply)
-                report.accepted += 1
-                emit("sent", mail, reply)
-    except DeliveryError as exc:
-        report.stopped = exc
-        outcome = f"stopped: {exc}"
-    except KeyboardInterrupt:
-        report.interrupted = True
-        outcome = "interrupted"
+            _send_each(
+                mails,
+                journal,
+                transport,
+                recorder,
+                limiter=limiter_for(rate, sleep=stop.wait),  # a stop cuts the wait short
+                stop=stop,
+                should_send=functools.partial(
+                    _should_send, retry_failed=retry_failed, resend_uncertain=resend_uncertain
+                ),
+            )
+    except DeliveryError as exc:  # connecting, TLS or login failed: nothing was handed over
+        recorder.stopped(exc)
+    except KeyboardInterrupt:  # the mail in flight, if any, stays in doubt ("sending")
+        recorder.interrupted()
         raise
     finally:
-        for key, error in problems.found.items():
-            error.more_rows = problems.rows[key] - 1
-        report.unbuilt = list(problems.found.values())
-        report.elapsed = time.monotonic() - started
-        journal.flush()
-        journal.finish_run(outcome)
+        recorder.finish(unbuilt.errors())
+
+
+def _send_each(
+    mails: Iterable[OutgoingMail],
+    journal: Journal,
+    transport: Transport,
+    recorder: Recorder,
+    *,
+    limiter: RateLimiter,
+    stop: threading.Event,
+    should_send: Callable[[Entry], bool],
+) -> None:
+    """The path of each mail: skip it, or wait for its turn, mark it, send it, record it;
+    until the last mail, a stop, or an outcome that ends the run."""
+    for mail in mails:
+        entry = journal.status_of(mail.recipient.key)
+        if entry is None:
+            recorder.added()  # new since the preflight: left for the next run to check
+            continue
+        if not should_send(entry):
+            continue  # accepted, skipped, or failed or in doubt and not to be resent
+        limiter.acquire()
+        if stop.is_set():
+            recorder.interrupted()
+            return
+        recorder.mark(mail)  # committed and synced: only now may the mail go
+        outcome = send_one(transport, mail)
+        recorder.record(mail, outcome, was=entry.status)
+        if outcome.ends_run:
+            return
 
 
 def _smtp_transport(
@@ -413,6 +351,10 @@ def _smtp_transport(
     return SMTPTransport(campaign.smtp, password=password, on_event=on_event, sleep=sleep)
 
 
+# The transport's events a user sees (event_text says the others are routine).
+_TRANSPORT_EVENTS: dict[str, EventKind] = {"reconnect": "reconnect", "retry": "retry"}
+
+
 def _transport_events(
     campaign: Campaign, report: SendReport, on_event: OnEvent | None
 ) -> EventHandler | None:
@@ -422,11 +364,13 @@ def _transport_events(
         return None
     where = f"{campaign.smtp.host}:{campaign.smtp.port}"
 
+    events = RunEvents(report, on_event)  # the stream the Recorder speaks into
+
     def relay(name: str, info: dict[str, Any]) -> None:
         detail = event_text(name, info, where=where)
-        if detail is not None:
-            done = report.accepted + report.failed + report.uncertain
-            on_event(Event(name, done, report.plan.to_send, detail=detail))
+        kind = _TRANSPORT_EVENTS.get(name)
+        if detail is not None and kind is not None:
+            events.emit(kind, detail=detail)
 
     return relay
 
@@ -452,38 +396,7 @@ def send_test(
     address = check_address(
         to, Location("--to"), allow_special_domains=campaign.allow_special_domains
     )
-    renderer = Renderer.load(campaign)
-    builder = MessageBuilder.load(campaign)
-    recipient = None
-    count = 0
-    rows = iter_recipients(
-        campaign.recipients,
-        delimiter=campaign.recipients_delimiter,
-        allow_special_domains=campaign.allow_special_domains,
-    )
-    for item in rows:
-        if isinstance(item, RecipientError):
-            continue
-        count += 1
-        if count == row:
-            recipient = item.recipient if isinstance(item, Skipped) else item
-            break
-    if recipient is None:
-        raise ConfigError(
-            f"the list has {count} recipients; there is no row {row}",
-            where=Location(campaign.recipients),
-        )
-    rendered = renderer.render(recipient)
-    # No List-Unsubscribe: the mail client's Unsubscribe button would unsubscribe the row's
-    # subscriber, not the tester. The body keeps the row's link, to show the real layout.
-    rendered = dataclasses.replace(
-        rendered,
-        subject=f"[TEST] {rendered.subject}",
-        unsubscribe_url=None,
-        unsubscribe_mailto=None,
-    )
-    test_recipient = dataclasses.replace(recipient, email=address, name="")
-    mail = builder.build(1, test_recipient, rendered)
+    mail = Builder.load(campaign).test_mail(row, address)
     if transport is None:
         transport = _smtp_transport(campaign, password, prompt)
     with transport:

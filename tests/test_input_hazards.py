@@ -27,8 +27,8 @@ from bulkmail import (
 )
 from bulkmail.cli.app import app
 from bulkmail.compose.render import Renderer
-from bulkmail.load.recipients import Skipped, iter_recipients, load_suppressed
-from bulkmail.models import address_key
+from bulkmail.load.recipients import iter_recipients, load_suppressed
+from bulkmail.models import Skipped, address_key
 
 runner = CliRunner()
 

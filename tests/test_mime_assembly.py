@@ -13,10 +13,10 @@ import pytest
 from builders import CSV_ROWS, CampaignDir
 
 from bulkmail.compose.message import MessageBuilder
-from bulkmail.compose.render import RenderedMail, Renderer
+from bulkmail.compose.render import Renderer
 from bulkmail.load.campaign import load_campaign
 from bulkmail.load.recipients import iter_recipients
-from bulkmail.models import OutgoingMail, Recipient
+from bulkmail.models import OutgoingMail, Recipient, RenderedMail
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 300
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)

@@ -27,11 +27,11 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from bulkmail.compose.message import MessageBuilder
-from bulkmail.compose.render import RenderedMail, Renderer
+from bulkmail.compose.render import Renderer
 from bulkmail.compose.textpart import html_to_text
 from bulkmail.load.campaign import load_campaign
 from bulkmail.load.recipients import iter_recipients
-from bulkmail.models import Campaign, OutgoingMail, Recipient
+from bulkmail.models import Campaign, OutgoingMail, Recipient, RenderedMail
 from bulkmail.send import send_test
 
 EXAMPLE = Path(__file__).parent.parent / "campaigns" / "june.yaml"

@@ -18,10 +18,11 @@ from builders import CampaignDir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bulkmail.build import Builder
 from bulkmail.errors import Location, PreflightError, RecipientError
 from bulkmail.load.campaign import load_campaign
 from bulkmail.load.recipients import check_address
-from bulkmail.pipeline import CheckReport, ProblemLog, build_mails, check_campaign
+from bulkmail.pipeline import check_campaign
 
 COLUMNS = ["email", "name", "first_name", "city"]
 # Every mail of the builders' campaign has exactly these headers, whatever the row says.
@@ -150,8 +151,9 @@ def check_rows(rows: list[dict[str, str]]) -> None:
 
         # 2. The mails of the accepted rows: exactly the usual headers, one To: the row's.
         campaign = load_campaign(path)
-        report, problems = CheckReport(campaign), ProblemLog(limit=1000)
-        mails = list(build_mails(campaign, report, problems, limit=None, on_event=None, workers=0))
+        build = Builder.load(campaign).mails(workers=0, max_problems=1000)
+        mails = list(build)
+        report, problems = build.result, build.result.problems
         for mail in mails:
             row = written.rows[mail.recipient.line]
             message = parse(mail.data, utf8=mail.smtputf8)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bulkmail.errors import RecipientError
-from bulkmail.load.recipients import Skipped, iter_recipients, load_suppressed
-from bulkmail.models import Recipient
+from bulkmail.load.recipients import iter_recipients, load_suppressed
+from bulkmail.models import Recipient, Skipped
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "list.csv") -> Path:

@@ -20,8 +20,9 @@ from bulkmail import (
     load_campaign,
 )
 from bulkmail.compose.message import MessageBuilder
-from bulkmail.compose.render import RenderedMail, Renderer
+from bulkmail.compose.render import Renderer
 from bulkmail.load.recipients import iter_recipients
+from bulkmail.models import RenderedMail
 
 LINKS = """\
 <!doctype html>

@@ -31,8 +31,7 @@ from typer.testing import CliRunner
 from bulkmail.cli.app import app
 from bulkmail.deliver.smtp import SMTPTransport
 from bulkmail.journal.status import campaign_status
-from bulkmail.models import Status
-from bulkmail.pipeline import Event
+from bulkmail.models import Event, Status
 from bulkmail.send import send_campaign
 
 RECIPIENTS = 200

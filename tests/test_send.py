@@ -15,8 +15,7 @@ from bulkmail.cli.app import app
 from bulkmail.errors import AuthError, ConfigError, JournalError, PreflightError
 from bulkmail.journal.sqlite import Journal, journal_path
 from bulkmail.journal.status import campaign_status
-from bulkmail.models import Status
-from bulkmail.pipeline import Event
+from bulkmail.models import Event, Status
 from bulkmail.send import send_campaign, send_test
 
 runner = CliRunner()

@@ -21,8 +21,15 @@ from conftest import (
     transport,
 )
 
-from bulkmail.deliver.smtp import DeliveryUncertain, SMTPTransport, resolve_password
-from bulkmail.errors import AuthError, ConnectError, DeliveryError, RecipientRefused, TLSError
+from bulkmail.deliver.smtp import SMTPTransport, resolve_password
+from bulkmail.errors import (
+    AuthError,
+    ConnectError,
+    DeliveryError,
+    DeliveryUncertain,
+    RecipientRefused,
+    TLSError,
+)
 from bulkmail.models import OutgoingMail, SmtpSettings
 
 

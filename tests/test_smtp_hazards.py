@@ -27,12 +27,11 @@ from builders import CampaignDir, make_mail, people, smtp_settings
 from conftest import PASSWORD, PASSWORD_ENV, USERNAME, Server, Sleeps, TLSPair, transport
 from processes import bulkmail, environment, finish, start
 
-from bulkmail.deliver.smtp import DeliveryUncertain, SMTPTransport
-from bulkmail.errors import AuthError, ConfigError, ConnectError, TLSError
+from bulkmail.deliver.smtp import SMTPTransport
+from bulkmail.errors import AuthError, ConfigError, ConnectError, DeliveryUncertain, TLSError
 from bulkmail.journal.status import campaign_status
 from bulkmail.load.campaign import load_campaign
-from bulkmail.models import SmtpSettings, Status
-from bulkmail.pipeline import Event
+from bulkmail.models import Event, SmtpSettings, Status
 from bulkmail.send import send_campaign
 
 # -- a raw socket server ------------------------------------------------------------------

@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import base64
 import binascii
-import mimetypes
 import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.headerregistry import Address
-from email.message import MIMEPart
 from email.policy import EmailPolicy
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from bulkmail.compose.render import RenderedMail
+from bulkmail.compose.attachments import Attachments, Part
 from bulkmail.errors import (
-    AttachmentError,
     ConfigError,
     Location,
     RecipientError,
     TemplateError,
 )
 from bulkmail.load.recipients import check_address
-from bulkmail.models import Attachment, Campaign, OutgoingMail, Recipient
+from bulkmail.models import Campaign, OutgoingMail, Recipient, RenderedMail
 
 # Headers whose value is a list of URLs: folded between the entries only. The generic
 # folder would turn a long URL into RFC 2047 encoded words, which no client follows.
@@ -38,8 +35,6 @@ _MAX_ENCODED_WORD = 75  # RFC 2047 2
 _Q_PHRASE_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _WHITESPACE = re.compile(r"\s+")
-# Content types that may not be sent base64-encoded (RFC 2046 5.2.1): sent as plain files.
-_COMPOSITE = ("message/", "multipart/")
 _BARE_BREAK = re.compile(rb"\n(?![ \t])|\r(?!\n)")  # a line break that is not folding
 
 
@@ -84,26 +79,6 @@ def parse_sender(text: str, where: Location, *, allow_special_domains: bool = Fa
     return Address(display_name=address.display_name, addr_spec=normal)
 
 
-def attachment_part(path: Path, filename: str) -> tuple[bytes, Attachment]:
-    """Read one file and serialise it as a MIME attachment part with its real content type.
-
-    The email package encodes it (base64; a non-ASCII name per RFC 2231); the bytes are
-    spliced into every mail that carries the file.
-    """
-    content_type = mimetypes.guess_type(filename)[0] or mimetypes.guess_type(path.name)[0]
-    if content_type is None or content_type.startswith(_COMPOSITE):
-        content_type = "application/octet-stream"
-    maintype, subtype = content_type.split("/", 1)
-    data = path.read_bytes()
-    part = MIMEPart(policy=POLICY)
-    part.set_content(
-        data, maintype=maintype, subtype=subtype, disposition="attachment", filename=filename
-    )
-    del part["MIME-Version"]
-    info = Attachment(filename=filename, content_type=content_type, size=len(data))
-    return part.as_bytes(policy=POLICY), info
-
-
 def _quoted_printable(text: str) -> bytes:
     """A text body as quoted-printable with CRLF lines: 7-bit, no line over 76 octets, so
     relays without 8BITMIME pass it unchanged."""
@@ -140,13 +115,13 @@ class MessageBuilder:
     campaign: Campaign
     sender: Address
     static_headers: bytes  # From, Reply-To, X-Bulkmail-Campaign, custom headers
-    # Attachments of a fixed file, read and encoded once per campaign, by attachment index.
-    shared: dict[int, tuple[bytes, Attachment]]
+    attachments: Attachments  # the fixed files read and encoded once per campaign
     boundaries: tuple[bytes, bytes]  # multipart/mixed, multipart/alternative
 
     @classmethod
-    def load(cls, campaign: Campaign) -> MessageBuilder:
-        """Check the sender and read and encode the attachments every mail shares."""
+    def load(cls, campaign: Campaign, attachments: Attachments | None = None) -> MessageBuilder:
+        """Check the sender and prepare the headers every mail shares; ``attachments``
+        (else loaded here) has the files every mail shares read and encoded."""
         special = campaign.allow_special_domains
         sender = parse_sender(
             campaign.sender, campaign.location("from"), allow_special_domains=special
@@ -160,22 +135,15 @@ class MessageBuilder:
         headers.append(("X-Bulkmail-Campaign", campaign.name))
         headers.extend(campaign.headers.items())
         static = b"".join(_static_header(campaign, name, value) for name, value in headers)
-        shared = {}
-        for index, spec in enumerate(campaign.attachments):
-            if spec.templated:
-                continue
-            path = Path(spec.path)
-            try:
-                shared[index] = attachment_part(path, spec.filename or path.name)
-            except OSError as exc:
-                raise AttachmentError(f"{path}: {exc.strerror}", where=spec.where) from None
+        if attachments is None:
+            attachments = Attachments.load(campaign, POLICY)
         # Parsers find a delimiter line by its start, so no boundary may be a prefix of
         # another (RFC 2046 5.1.1): two of the same length that differ.
         token = secrets.token_hex(12)
         mixed, alternative = (
             f"=_bulkmail_{token}_{kind}".encode("ascii") for kind in ("mix", "alt")
         )
-        return cls(campaign, sender, static, shared, (mixed, alternative))
+        return cls(campaign, sender, static, attachments, (mixed, alternative))
 
     def build(self, index: int, recipient: Recipient, rendered: RenderedMail) -> OutgoingMail:
         """The complete message for one recipient: headers, text + HTML, attachments."""
@@ -236,21 +204,17 @@ class MessageBuilder:
 
     def _attachments(
         self, recipient: Recipient, own: Iterable[tuple[int, Path, str]]
-    ) -> list[tuple[bytes, Attachment]]:
+    ) -> list[Part]:
+        """Every attachment in campaign order: the shared bytes, or the row's own file."""
         per_row = {index: (path, filename) for index, path, filename in own}
+        shared = self.attachments.shared
+        row = Location(self.campaign.recipients, recipient.line)
         parts = []
         for index in range(len(self.campaign.attachments)):
-            if index in self.shared and index not in per_row:
-                parts.append(self.shared[index])  # the same bytes for every mail
-            elif index in per_row:
-                # A templated path, or a shared file named per recipient (read again:
-                # rare, and the name is inside the encoded part's headers).
-                path, filename = per_row[index]
-                try:
-                    parts.append(attachment_part(path, filename))
-                except OSError as exc:
-                    row = Location(self.campaign.recipients, recipient.line)
-                    raise AttachmentError(f"{path}: {exc.strerror}", where=row) from None
+            if index in per_row:
+                parts.append(self.attachments.part(*per_row[index], row))
+            elif index in shared:
+                parts.append(shared[index])  # the same bytes for every mail
         return parts
 
 

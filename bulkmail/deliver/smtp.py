@@ -31,7 +31,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bulkmail.errors import AuthError, ConnectError, DeliveryError, RecipientRefused, TLSError
+from bulkmail.errors import (
+    AuthError,
+    ConnectError,
+    DeliveryError,
+    DeliveryUncertain,
+    RecipientRefused,
+    TLSError,
+)
 from bulkmail.models import OutgoingMail, SmtpSettings
 from bulkmail.opening import Opened
 
@@ -54,17 +61,6 @@ GREETING_TIMEOUT = 10.0
 _NOT_TLS = {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"}
 # The command whose reply a stage of connecting waits for, for "no reply to ... within".
 _STAGE_COMMANDS = {"connect": "EHLO", "starttls": "STARTTLS", "login": "AUTH"}
-
-
-class DeliveryUncertain(ConnectError):
-    """The connection was lost after a whole mail was sent, before the server's answer.
-
-    The server may have accepted the mail: do not resend it blindly.
-    """
-
-    def __init__(self, message: str, *, recipient: str) -> None:
-        super().__init__(message)
-        self.recipient = recipient
 
 
 class SendCancelled(Exception):

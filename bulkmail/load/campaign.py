@@ -244,6 +244,11 @@ def load_campaign(path: str | Path) -> Campaign:
     return _build(_Node(root, path, ""), path)
 
 
+def as_campaign(campaign: Campaign | str | Path) -> Campaign:
+    """A campaign given loaded or by its file (as every entry point of the API takes it)."""
+    return campaign if isinstance(campaign, Campaign) else load_campaign(campaign)
+
+
 def _build(root: _Node, path: Path) -> Campaign:
     base = path.parent
     keys = root.mapping(TOP_KEYS)
@@ -368,7 +373,8 @@ def _attachments(node: _Node, base: Path) -> list[AttachmentSpec]:
             resolved = raw if Path(raw).is_absolute() else str(base / raw)
             folder = _template_folder(raw, base)
         else:
-            resolved = str(path_node.file(base))
+            # Checked, with everything else about attachments, in compose/attachments.py.
+            resolved = str(path_node.file(base, must_exist=False))
         specs.append(
             AttachmentSpec(resolved, filename, item.where(), templated, written=raw, folder=folder)
         )

@@ -7,13 +7,12 @@ import csv
 import itertools
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 
 from bulkmail.errors import Location, RecipientError
-from bulkmail.models import Recipient, address_key
+from bulkmail.models import Recipient, Skipped, address_key
 
 # Characters that must never reach a header through a display name: CR and LF above all
 # (header injection), and the other C0/C1 controls.
@@ -28,15 +27,6 @@ _DELIMITER_NAMES = {",": "a comma", ";": "a semicolon", "\t": "a tab"}
 # address whose domain is special-use when the campaign allows those.
 _NEUTRAL_SUFFIX = ".example"
 ALLOW_SPECIAL = "allow_special_domains"
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A valid row that is not mailed: a duplicate of an earlier row, or suppressed."""
-
-    recipient: Recipient
-    reason: str  # "duplicate" | "suppressed"
-    detail: str
 
 
 RecipientRow = Recipient | Skipped | RecipientError
