@@ -21,11 +21,18 @@ from pathlib import Path
 from bulkmail.compose.workers import Built, MailFactory, build_in_order, default_workers
 from bulkmail.errors import CampaignError, ConfigError, Location, PreflightError, RecipientError
 from bulkmail.load.recipients import iter_recipients, load_suppressed
-from bulkmail.models import Attachment, Campaign, Event, OutgoingMail, Recipient, Skipped
+from bulkmail.models import (
+    Attachment,
+    Campaign,
+    Event,
+    OnEvent,
+    OutgoingMail,
+    Recipient,
+    Skipped,
+)
 
 MAX_PROBLEMS = 20
 
-OnEvent = Callable[[Event], None]
 Select = Callable[[Recipient], bool]
 
 

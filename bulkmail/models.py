@@ -4,7 +4,7 @@ and the events a run reports."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -240,3 +240,7 @@ class Event:
     mail: OutgoingMail | None = None
     skipped: Skipped | None = None
     detail: str = ""
+
+
+# What hears a run's events: the CLI's progress display, a log, a test.
+OnEvent = Callable[[Event], None]

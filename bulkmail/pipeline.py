@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypeVar
 
-from bulkmail.build import Builder, BuildResult, OnEvent
+from bulkmail.build import Builder, BuildResult
 from bulkmail.deliver.preview import PreviewTransport
 from bulkmail.load.campaign import as_campaign
-from bulkmail.models import Campaign
+from bulkmail.models import Campaign, OnEvent
 from bulkmail.reports import CheckReport, PreviewReport
 
 __all__ = ["OnEvent", "add_warnings", "check_campaign", "preview_campaign", "reported"]

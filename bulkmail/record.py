@@ -27,10 +27,8 @@ from typing import assert_never
 from bulkmail.deliver.outcome import Accepted, Cancelled, Outcome, Refused, Stopped, Uncertain
 from bulkmail.errors import CampaignError, DeliveryError
 from bulkmail.journal.sqlite import Journal
-from bulkmail.models import Event, EventKind, OutgoingMail, Status
+from bulkmail.models import Event, EventKind, OnEvent, OutgoingMail, Status
 from bulkmail.reports import SendReport
-
-OnEvent = Callable[[Event], None]
 
 MAX_FAILURES = 20  # refusals kept in the report to show; the journal has them all
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bulkmail.build import Builder, OnEvent, ProblemLog
+from bulkmail.build import Builder, ProblemLog
 from bulkmail.deliver.outcome import send_one
 from bulkmail.deliver.ratelimit import RateLimiter, limiter_for
 from bulkmail.deliver.smtp import (
@@ -51,6 +51,7 @@ from bulkmail.models import (
     Campaign,
     Event,
     EventKind,
+    OnEvent,
     OutgoingMail,
     Rate,
     Recipient,
@@ -146,18 +147,9 @@ def _preflight(
     # content=False: the preflight needs each mail built, not its bytes shipped back
     mails = builder.mails(limit=limit, on_event=note, content=False)
     for mail in mails:
-        if not mails.result.ok:
-            continue
-        journal.plan(mail.recipient)
-        entry = journal.status_of(mail.recipient.key)
-        if _should_send(entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain):
-            plan.to_send += 1
-        elif entry is not None and entry.status is Status.ACCEPTED:
-            plan.already_accepted += 1
-        elif entry is not None and entry.status is Status.FAILED:
-            plan.earlier_failed += 1
-        elif entry is not None and entry.status is Status.SENDING:
-            plan.uncertain += 1
+        if mails.result.ok:  # once anything is wrong, only keep checking
+            entry = _planned(journal, mail.recipient)
+            _count(plan, entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain)
     try:
         mails.result.problems.raise_if_any()
     except BulkmailError:
@@ -166,6 +158,26 @@ def _preflight(
     journal.flush()
     reported(plan.check, builder, mails.result)
     return plan
+
+
+def _planned(journal: Journal, recipient: Recipient) -> Entry | None:
+    """Note a recipient of the list in the journal; return its entry as it now stands."""
+    journal.plan(recipient)
+    return journal.status_of(recipient.key)
+
+
+def _count(
+    plan: SendPlan, entry: Entry | None, *, retry_failed: bool, resend_uncertain: bool
+) -> None:
+    """Count a recipient in the plan: to send in this run, or why not."""
+    if _should_send(entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain):
+        plan.to_send += 1
+    elif entry is not None and entry.status is Status.ACCEPTED:
+        plan.already_accepted += 1
+    elif entry is not None and entry.status is Status.FAILED:
+        plan.earlier_failed += 1
+    elif entry is not None and entry.status is Status.SENDING:
+        plan.uncertain += 1
 
 
 def send_campaign(
