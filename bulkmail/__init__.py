@@ -33,6 +33,7 @@ if typing.TYPE_CHECKING:
         Attachment,
         AttachmentSpec,
         Campaign,
+        DkimSettings,
         Event,
         OutgoingMail,
         Rate,
@@ -60,6 +61,7 @@ __all__ = [
     "ConnectError",
     "DeliveryError",
     "DeliveryUncertain",
+    "DkimSettings",
     "Entry",
     "Event",
     "JournalError",
@@ -94,6 +96,7 @@ __all__ = [
 _HOMES = {
     "load_campaign": "load.campaign",
     "Campaign": "models",
+    "DkimSettings": "models",
     "OutgoingMail": "models",
     "Recipient": "models",
     "Event": "models",

@@ -103,6 +103,26 @@ class Unsubscribe:
     mailto: str | None
 
 
+DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    """Whose DKIM signature the mails carry: ``selector._domainkey.domain`` publishes the key.
+
+    Only where the private key is kept is stored here (a file or an environment variable),
+    never the key: compose/dkim.py reads it once per run, so it is in no repr or error.
+    """
+
+    domain: str
+    selector: str
+    private_key_file: Path | None = None
+    private_key_env: str | None = None
+    algorithm: DkimAlgorithm | None = None  # None: the one the key's type calls for
+    # Where the key setting was written, for the errors found when the key is read.
+    key_where: Location | None = field(default=None, compare=False, repr=False)
+
+
 @dataclass(frozen=True)
 class Campaign:
     """A loaded, validated campaign file. Paths are absolute."""
@@ -130,6 +150,8 @@ class Campaign:
     suppress_delimiter: str | None = None
     # Accept .test, .local, localhost and other special-use domains (intranets, test servers).
     allow_special_domains: bool = False
+    # Sign every mail with this key (None: leave signing to the relay, if it does).
+    dkim: DkimSettings | None = None
     # Where each top-level setting was written, for error messages.
     where: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
