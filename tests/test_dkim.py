@@ -8,6 +8,7 @@ record in a file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import stat
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from typer.testing import CliRunner, Result
 
+import bulkmail.compose.dkim as dkim_module
 from bulkmail.build import Builder
 from bulkmail.cli.app import app
 from bulkmail.compose.dkim import (
@@ -34,7 +36,7 @@ from bulkmail.compose.dkim import (
 )
 from bulkmail.errors import ConfigError
 from bulkmail.load.campaign import load_campaign
-from bulkmail.models import OutgoingMail
+from bulkmail.models import DkimSettings, OutgoingMail
 from bulkmail.pipeline import preview_campaign
 from bulkmail.send import send_campaign
 
@@ -413,3 +415,21 @@ def test_a_record_that_cannot_be_looked_up_is_a_warning_not_an_error(tmp_path: P
     assert campaign.dkim is not None
     warning = check_record(campaign.dkim, lookup=lambda name: None)  # offline
     assert warning == f"could not look up {SELECTOR}._domainkey.{DOMAIN}; not checked"
+
+
+def test_the_openssl_rsa_step_makes_dkimpys_own_signature(tmp_path: Path) -> None:
+    """RSASSA-PKCS1-v1_5 is deterministic: the fast path must give the very same bytes."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = tmp_path / "k.pem"
+    key_file.write_bytes(private_pem(key))
+    Signer.load(DkimSettings(DOMAIN, SELECTOR, key_file))  # registers it for OpenSSL
+    numbers = key.private_numbers()
+    as_dkimpy_has_it = {
+        "modulus": numbers.public_numbers.n, "publicExponent": numbers.public_numbers.e,
+        "privateExponent": numbers.d, "prime1": numbers.p, "prime2": numbers.q,
+        "exponent1": numbers.dmp1, "exponent2": numbers.dmq1, "coefficient": numbers.iqmp,
+    }  # fmt: skip
+    digest = dkim.HashThrough(hashlib.sha256(b"the canonical headers"))
+    assert dkim_module._pure_rsa_sign is not None
+    pure = bytes(dkim_module._pure_rsa_sign(digest, as_dkimpy_has_it))
+    assert dkim.RSASSA_PKCS1_v1_5_sign(digest, as_dkimpy_has_it) == pure
