@@ -433,3 +433,18 @@ def test_the_openssl_rsa_step_makes_dkimpys_own_signature(tmp_path: Path) -> Non
     assert dkim_module._pure_rsa_sign is not None
     pure = bytes(dkim_module._pure_rsa_sign(digest, as_dkimpy_has_it))
     assert dkim.RSASSA_PKCS1_v1_5_sign(digest, as_dkimpy_has_it) == pure
+
+
+def test_an_encrypted_key_is_refused(tmp_path: Path) -> None:
+    c = CampaignDir(tmp_path)
+    key = generate_key("rsa")
+    encryption = serialization.BestAvailableEncryption(b"passphrase")
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    c.file("keys/k.pem", pem)
+    raw_campaign(c, "  domain: example.com\n  selector: s1\n  private_key_file: keys/k.pem\n")
+    assert _key_error(c) == (
+        f"{c.yaml_path}:9: dkim.private_key_file: the private key is encrypted; DKIM signing "
+        "needs it unencrypted (readable by its owner only)"
+    )
