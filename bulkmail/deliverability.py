@@ -106,6 +106,32 @@ class Places:
                     return Location(self.campaign.recipients, recipient.line, column), None
         return Location(self.campaign.template), row
 
+    def of_text(self, recipient: Recipient, text: str) -> tuple[Location, Location | None, str]:
+        """Where visible ``text`` is written, its row if it is the row's, and the part of it
+        to quote. Text with a value in it ("The full programme for June is...") is found
+        by the longest run of its first words written on one line, and quoted by those
+        words, so the same line on every row is one finding."""
+        text = text.strip().split("\n", 1)[0][:40]
+        where, row = self.of(recipient, text)
+        if row is None:
+            return where, row, text
+        words = text.split()
+        for end in range(len(words) - 1, 2, -1):
+            start = " ".join(words[:end])
+            found = self._in_templates(start)
+            if found is not None:
+                return found, None, f"{start}..."
+        return where, row, text
+
+    def _in_templates(self, needle: str) -> Location | None:
+        if len(needle) < 12:
+            return None
+        for path, lines in self.files:
+            for number, line in enumerate(lines, 1):
+                if needle in line:
+                    return Location(path, number)
+        return None
+
     def _setting(self, line: int) -> str | None:
         """The top-level setting of the campaign file that ``line`` belongs to."""
         best: tuple[int, str] | None = None
@@ -469,20 +495,20 @@ def rule_hidden_text(campaign: Campaign, mail: _Mail, places: Places) -> Iterato
     filters (SpamAssassin's HTML_FONT_LOW_CONTRAST, TINY_FONT); hide a preheader with
     ``display: none`` instead."""
     for text, colour, background in mail.seen.low_contrast:
-        where, row = places.of(mail.recipient, text[:40])
+        where, row, quoted = places.of_text(mail.recipient, text)
         yield Finding(
             "hidden-text",
-            f"text {text[:40]!r} is in {_hex(colour)} on {_hex(background)} (contrast "
+            f"text {quoted!r} is in {_hex(colour)} on {_hex(background)} (contrast "
             f"{contrast(colour, background):.2f}): filters score invisible text; hide it with "
             "display: none, or give it a readable colour",
             where,
             row,
         )
     for text, size in mail.seen.tiny:
-        where, row = places.of(mail.recipient, text[:40])
+        where, row, quoted = places.of_text(mail.recipient, text)
         yield Finding(
             "tiny-font",
-            f"text {text[:40]!r} is {size:g}px high: filters treat text under "
+            f"text {quoted!r} is {size:g}px high: filters treat text under "
             f"{TINY_FONT_PX:g}px as hidden; hide it with display: none, or make it readable",
             where,
             row,

@@ -124,7 +124,7 @@ def test_a_mail_over_10_mb_warns_with_its_row(c: CampaignDir) -> None:
     assert str(finding.row) == "campaigns/list.csv:2"
     assert finding.more_rows == 2  # every mail is checked, merged into one line
     assert "and 2 more rows" in str(finding)
-    assert str(finding).endswith("[mail-too-large]")
+    assert "[mail-too-large] (for campaigns/list.csv:2 and 2 more rows)" in str(finding)
 
 
 def test_an_image_without_alt_is_found_on_its_template_line(c: CampaignDir) -> None:
@@ -329,7 +329,7 @@ def test_a_subject_in_capitals(c: CampaignDir) -> None:
 
     finding = only(c, "subject-all-caps")
 
-    assert str(finding).endswith("(for campaigns/list.csv:2 and 2 more rows) [subject-all-caps]")
+    assert str(finding).endswith("[subject-all-caps] (for campaigns/list.csv:2 and 2 more rows)")
 
 
 def test_a_subject_with_one_capitalised_word_is_fine(c: CampaignDir) -> None:
@@ -417,3 +417,14 @@ def test_run_without_strict_sends_with_the_warning_shown(
     assert result.exit_code == 0, result.output
     assert "warning: templates/issue.html:" in result.stderr
     assert len(smtpd.inbox.messages) == 3
+
+
+def test_hidden_text_with_a_value_in_it_is_found_by_its_first_words(c: CampaignDir) -> None:
+    path = c.template(
+        "issue.html", page('<p style="color: #fefefe">A secret offer for {{ first_name }}</p>')
+    )
+
+    finding = only(c, "hidden-text")
+
+    assert str(finding.where) == f"templates/issue.html:{line_of(path, 'A secret offer')}"
+    assert finding.row is None
