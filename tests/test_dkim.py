@@ -448,3 +448,17 @@ def test_an_encrypted_key_is_refused(tmp_path: Path) -> None:
         f"{c.yaml_path}:9: dkim.private_key_file: the private key is encrypted; DKIM signing "
         "needs it unencrypted (readable by its owner only)"
     )
+
+
+def test_a_bad_key_through_the_cli_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    c = CampaignDir(tmp_path)
+    c.file("keys/k.pem", b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+    raw_campaign(c, "  domain: example.com\n  selector: s1\n  private_key_file: keys/k.pem\n")
+    result = invoke("check", str(c.yaml_path))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"error: {c.yaml_path}:9: dkim.private_key_file: not a PEM private key (make one with "
+        "`bulkmail dkim keygen`)",
+        "nothing was sent.",
+    ]
+    assert "bm90IGEga2V5" not in result.output
