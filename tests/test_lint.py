@@ -428,3 +428,12 @@ def test_hidden_text_with_a_value_in_it_is_found_by_its_first_words(c: CampaignD
 
     assert str(finding.where) == f"templates/issue.html:{line_of(path, 'A secret offer')}"
     assert finding.row is None
+
+
+def test_a_strict_dry_run_exits_1(c: CampaignDir) -> None:
+    c.template("issue.html", page('<p><a href="http://example.com/shop">Shop</a></p>'))
+
+    result = runner.invoke(app, ["run", "campaigns/test.yaml", "--dry-run", "--strict"])
+
+    assert result.exit_code == 1
+    assert "[http-link]" in result.stderr
