@@ -44,7 +44,14 @@ if typing.TYPE_CHECKING:
         Unsubscribe,
     )
     from bulkmail.pipeline import check_campaign, preview_campaign
-    from bulkmail.reports import CampaignStatus, CheckReport, PreviewReport, SendPlan, SendReport
+    from bulkmail.reports import (
+        CampaignStatus,
+        CheckReport,
+        Finding,
+        PreviewReport,
+        SendPlan,
+        SendReport,
+    )
     from bulkmail.send import send_campaign, send_test
 
 __all__ = [
@@ -64,6 +71,7 @@ __all__ = [
     "DkimSettings",
     "Entry",
     "Event",
+    "Finding",
     "JournalError",
     "Location",
     "OutgoingMail",
@@ -111,6 +119,7 @@ _HOMES = {
     "Entry": "journal.sqlite",
     "Summary": "journal.sqlite",
     "CheckReport": "reports",
+    "Finding": "reports",
     "PreviewReport": "reports",
     "SendPlan": "reports",
     "SendReport": "reports",

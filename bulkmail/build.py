@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bulkmail.compose.workers import Built, MailFactory, build_in_order, default_workers
+from bulkmail.deliverability import Linter
 from bulkmail.errors import CampaignError, ConfigError, Location, PreflightError, RecipientError
 from bulkmail.load.recipients import iter_recipients, load_suppressed
 from bulkmail.models import (
@@ -85,6 +86,7 @@ class BuildResult:
     suppressed: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     problems: ProblemLog = field(default_factory=ProblemLog)
+    lint: Linter | None = None  # the deliverability checks, when the pass runs them
 
     @property
     def ok(self) -> bool:
@@ -166,6 +168,7 @@ class Builder:
         on_event: OnEvent | None = None,
         workers: int | None = None,
         max_problems: int = MAX_PROBLEMS,
+        lint: bool = False,
     ) -> Build:
         """Build the mails of the first ``limit`` recipients, in list order.
 
@@ -175,6 +178,7 @@ class Builder:
         counting. ``on_event`` hears each row skipped and each mail built. ``workers``:
         processes to build in (None: as many as pay off, 0: none). ``max_problems``: how
         many different problems to keep (each says on how many rows it was found).
+        ``lint``: run the deliverability checks (bulkmail/deliverability.py) on the way.
         """
         total = _count_rows(self.campaign.recipients)
         if limit is not None and total is not None:
@@ -182,6 +186,8 @@ class Builder:
         if workers is None:
             workers = default_workers(total)
         result = BuildResult(problems=ProblemLog(max_problems))
+        if lint:
+            result.lint = Linter(self.factory)
         rows = self._rows(result, limit, total, select, on_event)
         built = build_in_order(self.factory, rows, workers=workers, content=content)
         return Build(_counted(built, result, total, on_event), result)
@@ -194,7 +200,9 @@ class Builder:
         workers: int | None = None,
     ) -> BuildResult:
         """Build every mail without keeping it; the result says what was found."""
-        build = self.mails(limit=limit, on_event=on_event, workers=workers, content=False)
+        build = self.mails(
+            limit=limit, on_event=on_event, workers=workers, content=False, lint=True
+        )
         collections.deque(build, maxlen=0)
         return build.result
 
@@ -277,6 +285,8 @@ def _counted(
             result.problems.add(mail, recipient.line)
             continue
         result.count_built(mail)
+        if result.lint is not None:
+            result.lint.note(recipient, mail)
         if on_event:
             on_event(Event("built", mail.index, total, mail=mail))
         yield mail

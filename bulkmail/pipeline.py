@@ -34,6 +34,9 @@ def reported(report: Report, builder: Builder, result: BuildResult) -> Report:
     report.skipped = list(result.skipped)
     report.attachments = builder.attachments
     add_warnings(report)
+    if result.lint is not None:
+        report.lint = result.lint.findings()
+        report.warnings.extend(str(finding) for finding in report.lint)
     return report
 
 
@@ -96,7 +99,7 @@ def preview_campaign(
     builder = Builder.load(campaign)
     report = PreviewReport(campaign, out=(out or campaign.preview_out).resolve())
     with PreviewTransport(report.out, name=campaign.name) as transport:
-        mails = builder.mails(limit=limit, on_event=on_event, workers=workers)
+        mails = builder.mails(limit=limit, on_event=on_event, workers=workers, lint=True)
         for mail in mails:
             if mails.result.ok:  # once anything is wrong, only keep checking
                 transport.send(mail)

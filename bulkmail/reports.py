@@ -10,9 +10,45 @@ import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bulkmail.errors import CampaignError, DeliveryError
+from bulkmail.errors import CampaignError, DeliveryError, Location
 from bulkmail.journal.sqlite import Entry, Summary
 from bulkmail.models import Attachment, Campaign, Recipient, Skipped
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One deliverability warning: which rule, what, where, and for which rows."""
+
+    rule: str
+    message: str
+    where: Location
+    row: Location | None = None
+    more_rows: int = 0
+
+    def __str__(self) -> str:
+        rows = ""
+        if self.row is not None:
+            more = self.more_rows
+            also = f" and {more:,} more row{'s' if more > 1 else ''}" if more else ""
+            rows = f" (for {self.row}{also})"
+        return f"{self.where}: {self.message} [{self.rule}]{rows}"
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready: the rule id, the message, the place and the rows it was found on."""
+        return {
+            "rule": self.rule,
+            "message": self.message,
+            "where": str(self.where),
+            "row": str(self.row) if self.row else None,
+            "rows": self.more_rows + 1 if self.row else 0,
+            "text": str(self),
+        }
+
+    def as_error(self) -> CampaignError:
+        """The finding as a problem, for ``--strict``."""
+        error = CampaignError(f"{self.message} [{self.rule}]", where=self.where, row=self.row)
+        error.more_rows = self.more_rows
+        return error
 
 
 @dataclass
@@ -28,6 +64,8 @@ class CheckReport:
     attachments: tuple[Attachment, ...] = ()  # the ones every mail carries
     skipped: list[Skipped] = field(default_factory=list)  # the first few, to show
     warnings: list[str] = field(default_factory=list)
+    # The deliverability checks' findings (bulkmail/deliverability.py), also in ``warnings``.
+    lint: list[Finding] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         """The figures as JSON-ready data (``bulkmail check --json`` prints it)."""
@@ -38,6 +76,7 @@ class CheckReport:
             "suppressed": self.suppressed,
             "total_bytes": self.total_bytes,
             "warnings": list(self.warnings),
+            "lint": [finding.to_dict() for finding in self.lint],
         }
 
 

@@ -145,7 +145,7 @@ def _preflight(
 
     journal.begin_batch()
     # content=False: the preflight needs each mail built, not its bytes shipped back
-    mails = builder.mails(limit=limit, on_event=note, content=False)
+    mails = builder.mails(limit=limit, on_event=note, content=False, lint=True)
     for mail in mails:
         if mails.result.ok:  # once anything is wrong, only keep checking
             entry = _planned(journal, mail.recipient)

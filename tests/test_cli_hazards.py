@@ -485,9 +485,10 @@ def test_sighup_finishes_the_mail_in_flight_and_stops_with_the_hint(
     wait_until(hold.entered.is_set, process)
     process.send_signal(signal.SIGHUP)
     assert process.stderr is not None
-    assert "stopping after the current mail" in read_until(process.stderr.fileno(), "\n")
+    said = read_until(process.stderr.fileno(), "stopping after the current mail")
     hold.release()
     code, _, err = finish(process)
+    assert "stopping after the current mail" in said, said + err
 
     assert code == 130, err
     assert "rerun `bulkmail run campaigns/test.yaml --yes` to resume" in err

@@ -19,7 +19,7 @@ from bulkmail.cli.app import app
 
 runner = CliRunner()
 EXAMPLE = Path(__file__).parent.parent / "campaigns" / "june.yaml"
-CHECK_KEYS = {"campaign", "mails", "duplicates", "suppressed", "total_bytes", "warnings"}
+CHECK_KEYS = {"campaign", "mails", "duplicates", "suppressed", "total_bytes", "warnings", "lint"}
 PREVIEW_KEYS = CHECK_KEYS | {"out"}
 
 
@@ -62,6 +62,7 @@ def test_check_json_of_the_example_campaign() -> None:
         "duplicates": 0,
         "suppressed": 1,
         "warnings": [],
+        "lint": [],
     }
     assert isinstance(total, int)
     assert 7 * 10_000 < total < 7 * 40_000  # each mail carries the programme PDF

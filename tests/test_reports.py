@@ -38,7 +38,7 @@ from bulkmail.cli.app import app
 
 runner = CliRunner()
 
-CHECK_KEYS = ["campaign", "mails", "duplicates", "suppressed", "total_bytes", "warnings"]
+CHECK_KEYS = ["campaign", "mails", "duplicates", "suppressed", "total_bytes", "warnings", "lint"]
 SEND_KEYS = [
     "campaign",
     "accepted",
@@ -141,6 +141,7 @@ def test_a_check_report_as_data(campaign: Campaign) -> None:
         "suppressed": 0,
         "total_bytes": 9000,
         "warnings": ["w"],
+        "lint": [],
     }
 
 

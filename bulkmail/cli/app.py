@@ -87,6 +87,16 @@ OutOpt = Annotated[
     typer.Option("--out", help="Preview folder (default: the campaign's preview.out)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")]
+StrictOpt = Annotated[
+    bool,
+    typer.Option("--strict", help="Deliverability warnings are errors: exit 1, nothing sent."),
+]
+
+
+def _refuse_if_strict(report: CheckReport, strict: bool) -> None:
+    """With ``--strict``, the deliverability findings stop the command as problems do."""
+    if strict and report.lint:
+        raise PreflightError([finding.as_error() for finding in report.lint])
 
 
 def _version() -> str:
@@ -284,9 +294,27 @@ class _Progress:
             print(text, file=stream, flush=True)
 
 
+DnsRecordOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dns-record",
+        dir_okay=False,
+        help="A file with the DKIM TXT record as published (default: look it up in DNS).",
+    ),
+]
+
+
 @app.command(cls=_Command)
-def check(campaign: CampaignArg, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
+def check(
+    campaign: CampaignArg,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+    dns_record: DnsRecordOpt = None,
+    strict: StrictOpt = False,
+) -> None:
     """Check a campaign: render and build every mail, send nothing, report any problem.
+
+    With `dkim:` set, also that the DNS record publishes the key's public half.
 
     Example: bulkmail check campaigns/june.yaml
     """
@@ -296,12 +324,37 @@ def check(campaign: CampaignArg, limit: LimitOpt = None, as_json: JsonOpt = Fals
         _Progress("checking") as progress,
     ):
         report = check_campaign(campaign, limit=limit, on_event=progress)
+    with user_errors():
+        _check_dkim_record(report, dns_record)
+        _refuse_if_strict(report, strict)
     _show(report, "Campaign checked: nothing was sent", as_json)
+
+
+def _check_dkim_record(report: CheckReport, dns_record: Path | None) -> None:
+    """The DKIM key against its DNS record: a mismatch is an error; a record that could
+    not be looked up (offline) a warning on the report."""
+    settings = report.campaign.dkim
+    if settings is None:
+        if dns_record is not None:
+            raise CampaignError(
+                "--dns-record: the campaign has no 'dkim:' settings to check it against",
+                where=Location(report.campaign.path, field="dkim"),
+            )
+        return
+    from bulkmail.compose.dkim import check_record
+
+    warning = check_record(settings, dns_record)
+    if warning is not None:
+        report.warnings.append(warning)
 
 
 @app.command(cls=_Command)
 def preview(
-    campaign: CampaignArg, out_dir: OutOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False
+    campaign: CampaignArg,
+    out_dir: OutOpt = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Write every mail as .html and .eml with an index.html, instead of sending.
 
@@ -313,6 +366,8 @@ def preview(
         _Progress("writing previews") as progress,
     ):
         report = preview_campaign(campaign, out=out_dir, limit=limit, on_event=progress)
+    with user_errors():
+        _refuse_if_strict(report, strict)
     _show(report, "Dry run: nothing was sent", as_json)
     if not as_json:
         out.print(f"previews: {escape(_shown(report.out / 'index.html'))}")
@@ -379,12 +434,15 @@ def _confirm(
     console: rich.console.Console,
     progress: _Progress,
     confirmed: Callable[[], None],
+    strict: bool = False,
 ) -> Callable[[SendPlan], bool]:
-    """Show the plan on ``console`` and, unless ``yes``, ask; call ``confirmed`` on a yes."""
+    """Show the plan on ``console`` and, unless ``yes``, ask; call ``confirmed`` on a yes.
+    ``strict``: deliverability warnings stop the run here, before anything is sent."""
 
     def confirm(plan: SendPlan) -> bool:
         _signals.checkpoint()
         progress.pause()
+        _refuse_if_strict(plan.check, strict)
         console.print(_describe_plan(plan))
         for warning in plan.check.warnings:
             err.print(f"[yellow]warning[/]: {escape(warning)}")
@@ -470,6 +528,7 @@ def run(
     out_dir: OutOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Send the campaign; with --dry-run, write previews instead.
 
@@ -480,7 +539,7 @@ def run(
     Example: bulkmail run campaigns/june.yaml --dry-run
     """
     if dry_run:
-        preview(campaign, out_dir=out_dir, limit=limit, as_json=as_json)
+        preview(campaign, out_dir=out_dir, limit=limit, as_json=as_json, strict=strict)
         return
     options = {
         "--yes": yes,
@@ -512,6 +571,7 @@ def run(
                     console=shown_on,
                     progress=progress,
                     confirmed=lambda: _signals.now(resume, stop=stop),
+                    strict=strict,
                 ),
                 stop=stop,
                 on_event=progress,
@@ -620,6 +680,68 @@ def status(
                 "(--resend-uncertain sends it again)"
             )
         )
+
+
+dkim_app = typer.Typer(
+    cls=_Group,
+    no_args_is_help=True,
+    help="DKIM keys: make a key pair and the DNS record to publish.\n\n"
+    "Example: bulkmail dkim keygen --selector news2026 --domain example.com --out dkim.pem",
+)
+app.add_typer(dkim_app, name="dkim")
+
+
+@dkim_app.command("keygen", cls=_Command)
+def dkim_keygen(
+    selector: Annotated[
+        str, typer.Option("--selector", help="The key's name in DNS, e.g. news2026.")
+    ],
+    domain: Annotated[str, typer.Option("--domain", help="The signing domain (d=).")],
+    out_file: Annotated[
+        Path,
+        typer.Option("--out", dir_okay=False, help="Where to write the private key (new file)."),
+    ],
+    key_type: Annotated[
+        str, typer.Option("--type", help="rsa (accepted everywhere) or ed25519.")
+    ] = "rsa",
+    bits: Annotated[int, typer.Option("--bits", min=1024, max=8192, help="RSA key size.")] = 2048,
+) -> None:
+    """Write a new DKIM private key (owner-only) and print the TXT record to publish.
+
+    Example: bulkmail dkim keygen --selector news2026 --domain example.com --out dkim.pem
+    """
+    from bulkmail.compose import dkim
+    from bulkmail.load.campaign import DKIM_DOMAIN, DKIM_SELECTOR
+
+    domain = domain.strip().rstrip(".").lower()
+    problem = None
+    if key_type not in ("rsa", "ed25519"):
+        problem = f"--type: {key_type!r}: must be rsa or ed25519"
+    elif not DKIM_SELECTOR.fullmatch(selector):
+        problem = f"--selector: {selector!r}: must be a DNS label, e.g. news2026"
+    elif not DKIM_DOMAIN.fullmatch(domain):
+        problem = f"--domain: {domain!r}: must be a domain name, e.g. example.com"
+    if problem is not None:
+        err.print(f"[red]error[/]: {escape(problem)}")
+        raise typer.Exit(1)
+    key = dkim.generate_key(key_type, bits)
+    try:
+        dkim.write_key_file(out_file, dkim.private_pem(key))
+    except FileExistsError:
+        err.print(f"[red]error[/]: {escape(_shown(out_file))}: exists; not overwritten")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"[red]error[/]: {escape(_shown(out_file))}: {escape(str(exc.strerror))}")
+        raise typer.Exit(1) from None
+    record = dkim.zone_line(f"{selector}._domainkey.{domain}", dkim.record_value(key))
+    err.print(
+        escape(
+            f"wrote the private key to {_shown(out_file)} (readable by you only; keep it "
+            "secret). Publish this TXT record, then set dkim: {domain, selector, "
+            "private_key_file} in the campaign:"
+        )
+    )
+    print(record)
 
 
 def main() -> None:

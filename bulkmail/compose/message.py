@@ -15,6 +15,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from bulkmail.compose.attachments import Attachments, Part
+from bulkmail.compose.dkim import Signer
 from bulkmail.errors import (
     ConfigError,
     Location,
@@ -117,6 +118,7 @@ class MessageBuilder:
     static_headers: bytes  # From, Reply-To, X-Bulkmail-Campaign, custom headers
     attachments: Attachments  # the fixed files read and encoded once per campaign
     boundaries: tuple[bytes, bytes]  # multipart/mixed, multipart/alternative
+    signer: Signer | None = None  # the campaign's DKIM key, read once per run
 
     @classmethod
     def load(cls, campaign: Campaign, attachments: Attachments | None = None) -> MessageBuilder:
@@ -143,7 +145,8 @@ class MessageBuilder:
         mixed, alternative = (
             f"=_bulkmail_{token}_{kind}".encode("ascii") for kind in ("mix", "alt")
         )
-        return cls(campaign, sender, static, attachments, (mixed, alternative))
+        signer = Signer.load(campaign.dkim) if campaign.dkim else None
+        return cls(campaign, sender, static, attachments, (mixed, alternative), signer)
 
     def build(self, index: int, recipient: Recipient, rendered: RenderedMail) -> OutgoingMail:
         """The complete message for one recipient: headers, text + HTML, attachments."""
@@ -174,6 +177,8 @@ class MessageBuilder:
                 "mixed", self.boundaries[0], [alternative, *(p for p, _ in attachments)]
             )
         data = b"".join([self.static_headers, *headers, b"MIME-Version: 1.0\r\n", body])
+        if self.signer is not None:
+            data = self.signer.sign(data)  # last: it signs the headers and body as sent
         return OutgoingMail(
             index=index,
             recipient=recipient,

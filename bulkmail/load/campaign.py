@@ -17,6 +17,7 @@ from bulkmail.models import (
     DEFAULT_PORTS,
     AttachmentSpec,
     Campaign,
+    DkimSettings,
     Rate,
     SmtpSettings,
     Unsubscribe,
@@ -25,13 +26,17 @@ from bulkmail.models import (
 TOP_KEYS = (
     "name", "from", "reply_to", "subject", "template", "text_template", "recipients",
     "data", "attachments", "unsubscribe", "suppress", "smtp", "rate", "preview",
-    "base_url", "headers", "allow_special_domains",
+    "base_url", "headers", "allow_special_domains", "dkim",
 )  # fmt: skip
 REQUIRED = ("from", "subject", "template", "recipients")
 SMTP_KEYS = (
     "host", "port", "security", "username", "password_env", "timeout", "ca_file",
     "local_hostname", "max_per_connection", "allow_plaintext_auth",
 )  # fmt: skip
+DKIM_KEYS = ("domain", "selector", "private_key_file", "private_key_env", "algorithm")
+DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
+DKIM_DOMAIN = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)+")  # lower case, no final dot
+DKIM_SELECTOR = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")  # DNS labels
 RATE_UNITS = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0}
 JOURNAL_FOLDER = ".bulkmail"
 # Without a `rate:`, one mail a second: slow enough for any provider's limits (and for a
@@ -291,6 +296,7 @@ def _build(root: _Node, path: Path) -> Campaign:
         suppress_delimiter=suppress_delimiter,
         allow_special_domains=bool(opt("allow_special_domains", _flag)),
         smtp=opt("smtp", lambda n: _smtp(n, base)),
+        dkim=opt("dkim", lambda n: _dkim(n, base)),
         rate=opt("rate", _rate) or DEFAULT_RATE,
         preview_out=preview_out,
         journal_dir=base / JOURNAL_FOLDER,
@@ -450,6 +456,52 @@ def _smtp(node: _Node, base: Path) -> SmtpSettings:
     if problem is not None:
         raise fields["username"].error(problem)
     return settings
+
+
+def _dkim(node: _Node, base: Path) -> DkimSettings:
+    """Where the signing key is kept (a file or an environment variable, never the key
+    itself); the key is read and checked once per run by compose/dkim.py."""
+    fields = node.mapping((*DKIM_KEYS, "private_key"))
+    if "private_key" in fields:
+        raise fields["private_key"].error(
+            "the private key is never written in the campaign file; name its file with "
+            "private_key_file or the environment variable that holds it with private_key_env"
+        )
+    for key in ("domain", "selector"):
+        if key not in fields:
+            raise node.error(f"needs a '{key}'")
+    sources = [key for key in ("private_key_file", "private_key_env") if key in fields]
+    if len(sources) != 1:
+        raise node.error("give exactly one of private_key_file, private_key_env")
+    domain = fields["domain"].text().rstrip(".").lower()
+    if not DKIM_DOMAIN.fullmatch(domain):
+        raise fields["domain"].error(f"{domain!r}: must be a domain name, e.g. example.com")
+    selector = fields["selector"].text()
+    if not DKIM_SELECTOR.fullmatch(selector):
+        raise fields["selector"].error(
+            f"{selector!r}: must be a DNS label (letters, digits, '-', '_'), e.g. news2026"
+        )
+    key_env = fields["private_key_env"].text() if "private_key_env" in fields else None
+    if key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+        # Not shown if it may be the key itself, pasted where its variable's name belongs.
+        shown = f"{key_env!r}: " if len(key_env) <= 64 and "-----" not in key_env else ""
+        raise fields["private_key_env"].error(
+            f"{shown}must be the name of an environment variable, not the key"
+        )
+    algorithm = fields["algorithm"].text() if "algorithm" in fields else None
+    if algorithm is not None and algorithm not in DKIM_ALGORITHMS:
+        raise fields["algorithm"].error(
+            f"{algorithm!r}: must be one of {', '.join(DKIM_ALGORITHMS)}"
+        )
+    key_file = fields["private_key_file"].file(base) if "private_key_file" in fields else None
+    return DkimSettings(
+        domain=domain,
+        selector=selector,
+        private_key_file=key_file,
+        private_key_env=key_env,
+        algorithm=algorithm,  # type: ignore[arg-type]  # checked above
+        key_where=fields[sources[0]].where(),
+    )
 
 
 def _rate(node: _Node) -> Rate:
