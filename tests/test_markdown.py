@@ -1,0 +1,233 @@
+# ruff: noqa: RUF001 -- Chinese text is written with full-width punctuation
+"""Markdown campaigns (issue 10, part 2): ``markdown: body.md`` (Jinja first, values
+escaped as Markdown, then CommonMark) makes the HTML part inside a layout, CSS inlined, and
+the text part from the Markdown itself; through check, --dry-run and a real send."""
+
+from __future__ import annotations
+
+import email
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from builders import CampaignDir, smtp_settings
+from conftest import PASSWORD, PASSWORD_ENV, Server, TLSPair
+from typer.testing import CliRunner
+
+from bulkmail.cli.app import app
+from bulkmail.compose.markdown import escape_markdown, to_html, to_text
+from bulkmail.pipeline import check_campaign
+
+runner = CliRunner()
+
+BODY = """\
+# The {{ month }} issue
+
+Hello {{ first_name }}, news from **{{ city }}**.
+
+- [Read the programme](https://example.com/programme)
+- Our *new* shop
+
+> A quote
+> on two lines
+
+{{ note }}
+"""
+
+CHINESE = """\
+# {{ month }}通讯
+
+{{ first_name }}，你好！来自{{ city }}的消息。
+
+1. [阅读全文](https://example.com/全文)
+2. 新书上架
+
+谢谢阅读。
+"""
+
+
+@pytest.fixture
+def c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CampaignDir:
+    """A Markdown campaign of 3 rows (one Chinese); the working directory is its root."""
+    monkeypatch.chdir(tmp_path)
+    campaign = CampaignDir(tmp_path)
+    campaign.template("issue.md", BODY)
+    rows = [
+        {"email": "alice@example.com", "name": "Alice", "first_name": "Alice", "city": "Lyon",
+         "note": "See you soon."},
+        {"email": "bob@example.org", "name": "Bob", "first_name": "Bob", "city": "Leeds",
+         "note": "[win a prize](https://evil.example) <b>bold</b> **loud** &copy; # no"},
+        {"email": "wang@example.net", "name": "王小明", "first_name": "小明", "city": "杭州",
+         "note": "再见。"},
+    ]  # fmt: skip
+    campaign.csv(rows)
+    campaign.write(template=None, markdown="../templates/issue.md")
+    return campaign
+
+
+def parse(data: bytes) -> EmailMessage:
+    message = email.message_from_bytes(data, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def parts(message: EmailMessage) -> tuple[str, str]:
+    """The text and HTML parts, checked to be utf-8 alternatives."""
+    found = {}
+    for part in message.walk():
+        if part.get_content_type() in ("text/plain", "text/html"):
+            assert part.get_content_charset() == "utf-8"
+            assert isinstance(part, EmailMessage)
+            found[part.get_content_type()] = part.get_content().replace("\r\n", "\n")
+    return found["text/plain"], found["text/html"]
+
+
+def dry_run(c: CampaignDir) -> list[EmailMessage]:
+    result = runner.invoke(app, ["run", "campaigns/test.yaml", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    return [parse(p.read_bytes()) for p in sorted((c.root / "previews").glob("*.eml"))]
+
+
+def test_check_builds_every_mail_with_no_warning(c: CampaignDir) -> None:
+    report = check_campaign(c.yaml_path, workers=0)
+
+    assert report.mails == 3
+    assert [f.rule for f in report.lint] == []
+
+
+def test_the_html_part_is_commonmark_in_the_default_layout_with_css_inlined(
+    c: CampaignDir,
+) -> None:
+    alice = dry_run(c)[0]
+
+    assert alice.get_content_type() == "multipart/alternative"
+    _, html = parts(alice)
+    assert "<h1" in html
+    assert "The June issue</h1>" in html
+    assert "<strong>Lyon</strong>" in html
+    assert '<a href="https://example.com/programme"' in html
+    assert "<blockquote" in html
+    assert 'width="600"' in html
+    assert "@media only screen and (max-width: 600px)" in html  # phones: the full width
+    assert "prefers-color-scheme: dark" in html  # stays in a <style> block
+    assert 'name="viewport"' in html
+    assert "https://example.com/u?e=alice%40example.com" in html  # the footer's link
+
+
+def test_the_text_part_is_the_markdown_as_text(c: CampaignDir) -> None:
+    text, _ = parts(dry_run(c)[0])
+
+    assert text == (
+        "The June issue\n\n"
+        "Hello Alice, news from Lyon.\n\n"
+        "* Read the programme (https://example.com/programme)\n"
+        "* Our new shop\n\n"
+        "> A quote\n> on two lines\n\n"
+        "See you soon.\n\n"
+        "Unsubscribe: https://example.com/u?e=alice%40example.com\n"
+    )
+
+
+def test_a_csv_value_cannot_inject_markdown_links_or_html(c: CampaignDir) -> None:
+    text, html = parts(dry_run(c)[1])
+
+    assert "evil.example" not in html.replace(
+        "[win a prize](https://evil.example)", ""
+    )  # only as the literal text
+    assert 'href="https://evil.example' not in html
+    assert "<b>" not in html
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html
+    assert "<strong>loud</strong>" not in html
+    assert "&amp;copy;" in html
+    value = "[win a prize](https://evil.example) <b>bold</b> **loud** &copy; # no"
+    assert value in text
+
+
+def test_a_chinese_markdown_newsletter_with_a_pdf(c: CampaignDir) -> None:
+    c.template("issue.md", CHINESE)
+    c.file("files/guide.pdf", b"%PDF-1.4 test\n")
+    c.write(attachments=["files/guide.pdf"], data={"month": "六月"})
+
+    wang = dry_run(c)[2]
+
+    assert wang.get_content_type() == "multipart/mixed"
+    kinds = [p.get_content_type() for p in wang.iter_parts()]
+    assert kinds == ["multipart/alternative", "application/pdf"]
+    text, html = parts(wang)
+    assert text.startswith("六月通讯\n\n小明，你好！来自杭州的消息。\n\n1. 阅读全文 (")
+    assert "2. 新书上架\n\n谢谢阅读。\n" in text
+    assert "六月通讯</h1>" in html
+    assert "<ol" in html
+
+
+def test_a_layout_of_ones_own_replaces_the_default(c: CampaignDir) -> None:
+    c.template(
+        "mine.html",
+        "<!doctype html><html><head><style>.mine { color: #123456; }</style></head>"
+        '<body><div class="mine">{{ content }}</div><p>{{ subject }}</p></body></html>\n',
+    )
+    c.write(layout="../templates/mine.html")
+
+    _, html = parts(dry_run(c)[0])
+
+    assert 'style="color:#123456"' in html
+    assert "The June issue</h1>" in html
+    assert "<p>Alice, the June issue</p>" in html
+    assert 'width="600"' not in html
+
+
+def test_a_real_send_delivers_markdown_mails(
+    c: CampaignDir, smtpd: Server, tls: TLSPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    c.write(smtp=smtp_settings(smtpd, tls))
+
+    result = runner.invoke(app, ["run", "campaigns/test.yaml", "--yes"])
+
+    assert result.exit_code == 0, result.output
+    by_rcpt = {m.rcpt_tos[0]: m.parsed() for m in smtpd.inbox.messages}
+    assert len(by_rcpt) == 3
+    text, html = parts(by_rcpt["wang@example.net"])
+    assert "小明, news from 杭州." in text
+    assert "<strong>杭州</strong>" in html
+
+
+def test_a_template_error_names_the_markdown_line_and_the_row(c: CampaignDir) -> None:
+    c.template("issue.md", "# Hi\n\nHello {{ frist_name }}\n")
+
+    result = runner.invoke(app, ["check", "campaigns/test.yaml"])
+
+    assert result.exit_code == 1
+    assert "templates/issue.md:3" in result.stderr
+    assert "frist_name" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"template": "../templates/issue.html"}, "template and markdown"),
+        ({"markdown": None, "layout": "../templates/issue.html"}, "a layout wraps"),
+    ],
+)
+def test_conflicting_body_settings_are_one_line_errors(
+    c: CampaignDir, changes: dict[str, str | None], message: str
+) -> None:
+    c.write(**changes)
+
+    result = runner.invoke(app, ["check", "campaigns/test.yaml"])
+
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert "campaigns/test.yaml:" in result.stderr
+    assert [line for line in result.stderr.splitlines() if "error" in line] == [
+        result.stderr.splitlines()[0]
+    ]
+
+
+def test_escaping_shows_every_value_as_written() -> None:
+    for value in ["a_b*c*", "1. not a list", "# not a heading", "<i>x</i>", "\\[x\\]", "100%"]:
+        source = escape_markdown(value)
+        assert to_text(source) == value + "\n"
+        assert "<i>" not in to_html(source)
