@@ -53,6 +53,7 @@ if typing.TYPE_CHECKING:
         SendReport,
     )
     from bulkmail.send import send_campaign, send_test
+    from bulkmail.starter import write_starter
 
 __all__ = [
     "Attachment",
@@ -98,10 +99,12 @@ __all__ = [
     "send_campaign",
     "send_test",
     "write_failed_csv",
+    "write_starter",
 ]
 
 # The module each exported name is defined in.
 _HOMES = {
+    "write_starter": "starter",
     "load_campaign": "load.campaign",
     "Campaign": "models",
     "DkimSettings": "models",

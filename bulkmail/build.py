@@ -220,7 +220,9 @@ class Builder:
             unsubscribe_mailto=None,
         )
         tester = dataclasses.replace(recipient, email=to, name="")
-        return self.factory.builder.build(1, tester, rendered)
+        mail = self.factory.builder.build(1, tester, rendered)
+        # Its Cc header shows who the copies go to, but a test goes to the tester only.
+        return dataclasses.replace(mail, copies=())
 
     def _nth_recipient(self, row: int) -> Recipient:
         campaign = self.campaign

@@ -104,7 +104,7 @@ class Places:
             for column, value in recipient.fields.items():
                 if needle in value:
                     return Location(self.campaign.recipients, recipient.line, column), None
-        return Location(self.campaign.template), row
+        return Location(self.campaign.body_template), row
 
     def of_text(self, recipient: Recipient, text: str) -> tuple[Location, Location | None, str]:
         """Where visible ``text`` is written, its row if it is the row's, and the part of it
@@ -203,9 +203,48 @@ def rule_login_domain_not_aligned(campaign: Campaign) -> Iterator[Finding]:
         )
 
 
+# Mail headers written at the top of a body (a mailmerge template): they would be sent
+# as text of the HTML, not as headers.
+_HEADER_LINE = re.compile(r"^(?:to|subject|from|cc|bcc|reply-to|content-type)\s*:", re.I)
+_TAG = re.compile(r"<[a-z!/][^>]*>", re.I)
+_BORROWS_MARKUP = re.compile(r"{%-?\s*(?:extends|include|import|from)\b")
+
+
+def rule_template_not_html(campaign: Campaign) -> Iterator[Finding]:
+    """A ``template:`` that is plain text (no tags) or a mailmerge template (``TO:`` and
+    ``SUBJECT:`` lines at the top) is sent as one HTML paragraph with its line breaks
+    lost; as ``text_template:`` alone it is a plain-text mail."""
+    if campaign.template is None:
+        return
+    lines = _lines(campaign.template)
+    first = next(((n, line) for n, line in enumerate(lines, 1) if line.strip()), None)
+    if first is None:
+        return
+    number, line = first
+    where = Location(campaign.template, number)
+    if _HEADER_LINE.match(line.strip()):
+        yield Finding(
+            "template-not-html",
+            f"starts with the mail header line {line.strip()[:40]!r}, as a mailmerge "
+            "template does: it would be sent as text of the body; set From and Subject "
+            "in the campaign file and remove the header lines",
+            where,
+        )
+        return
+    source = "\n".join(lines)
+    if not _TAG.search(source) and not _BORROWS_MARKUP.search(source):
+        yield Finding(
+            "template-not-html",
+            "has no HTML tags: as template: it is sent as HTML, its line breaks lost; for "
+            "a plain-text mail, name it text_template: and remove template:",
+            where,
+        )
+
+
 CAMPAIGN_RULES: tuple[Callable[[Campaign], Iterator[Finding]], ...] = (
     rule_dkim_domain_not_aligned,
     rule_login_domain_not_aligned,
+    rule_template_not_html,
 )
 
 
@@ -433,7 +472,7 @@ def rule_images(campaign: Campaign, mail: _Mail, places: Places) -> Iterator[Fin
             f"{len(mail.seen.images)} image(s) and only {text} characters of text: spam "
             f"filters score image-only mail (SpamAssassin's HTML_IMAGE_ONLY_*); write at "
             f"least {IMAGE_ONLY_TEXT_CHARS} characters",
-            Location(campaign.template),
+            Location(campaign.body_template),
         )
 
 
@@ -478,6 +517,10 @@ def rule_unsubscribe_link(campaign: Campaign, mail: _Mail, places: Places) -> It
     way out press "Report spam", and complaints above 0.3 % get a sender blocked."""
     if campaign.unsubscribe is None or not mail.unsubscribe:
         return
+    if campaign.text_only:  # a plain-text mail: the link is its URL in the text
+        text = mail.text_part or ""
+        if any(url in text for url in mail.unsubscribe) or _UNSUBSCRIBE_WORDS.search(text):
+            return
     for element, visible in mail.seen.links:
         href = (element.get("href") or "").strip()
         if href in mail.unsubscribe or _UNSUBSCRIBE_WORDS.search(f"{href} {visible}"):
@@ -486,7 +529,7 @@ def rule_unsubscribe_link(campaign: Campaign, mail: _Mail, places: Places) -> It
         "no-unsubscribe-link",
         'no visible unsubscribe link in the body: add <a href="{{ unsubscribe_url }}">'
         "Unsubscribe</a>; readers who find no way out report the mail as spam",
-        Location(campaign.template),
+        Location(campaign.body_template),
     )
 
 
@@ -522,7 +565,7 @@ def rule_text_part(campaign: Campaign, mail: _Mail, places: Places) -> Iterator[
         where = (
             Location(campaign.text_template)
             if campaign.text_template
-            else Location(campaign.template)
+            else Location(campaign.body_template)
         )
         yield Finding(
             "text-part-empty",
@@ -545,7 +588,7 @@ RULES = (
     "html-too-large", "mail-too-large", "image-no-alt", "image-only", "http-link",
     "link-text-mismatch", "no-unsubscribe-link", "dkim-domain-not-aligned",
     "login-domain-not-aligned", "hidden-text", "tiny-font", "text-part-empty",
-    "subject-too-long", "subject-all-caps",
+    "subject-too-long", "subject-all-caps", "template-not-html",
 )  # fmt: skip
 
 
@@ -621,7 +664,7 @@ class Linter:
                     f"the HTML part is {format_size(size)} (the largest): Gmail clips HTML "
                     f"over {format_size(HTML_CLIP_BYTES)}, hiding the rest and the footer "
                     "behind a link",
-                    Location(self.campaign.template),
+                    Location(self.campaign.body_template),
                     Location(self.campaign.recipients, recipient.line),
                 )
             )

@@ -131,12 +131,15 @@ class Campaign:
     name: str
     sender: str
     subject: str
-    template: Path
+    template: Path | None  # None: a plain-text mail, from text_template alone
     recipients: Path
     preview_out: Path
     journal_dir: Path
     reply_to: str | None = None
     text_template: Path | None = None
+    # A Markdown body (instead of template), in a layout (None: the package's default).
+    markdown: Path | None = None
+    layout: Path | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
     attachments: tuple[AttachmentSpec, ...] = ()
     unsubscribe: Unsubscribe | None = None
@@ -152,12 +155,29 @@ class Campaign:
     allow_special_domains: bool = False
     # Sign every mail with this key (None: leave signing to the relay, if it does).
     dkim: DkimSettings | None = None
+    # Copies of every mail (normalised addresses): Cc in the header and the envelope,
+    # Bcc in the envelope only (e.g. an archive copy to the sender).
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
     # Where each top-level setting was written, for error messages.
     where: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
     def location(self, key: str) -> Location:
         """Where ``key`` stands in the campaign file (the file itself if unknown)."""
         return self.where.get(key, Location(self.path, field=key))
+
+    @property
+    def text_only(self) -> bool:
+        """A plain-text campaign: text_template alone, so no HTML part at all."""
+        return self.template is None and self.markdown is None
+
+    @property
+    def body_template(self) -> Path:
+        """The template the mail's body comes from: the HTML one, else the Markdown, else
+        the text one (a plain-text campaign); where a finding about the body is placed."""
+        body = self.template or self.markdown or self.text_template
+        assert body is not None  # the loader requires one of them
+        return body
 
 
 @dataclass(frozen=True)
@@ -168,6 +188,7 @@ class Recipient:
     email: str
     name: str
     fields: Mapping[str, str]
+    cc: tuple[str, ...] = ()  # the row's own Cc addresses (its `cc` column), normalised
 
     @property
     def key(self) -> str:
@@ -234,6 +255,9 @@ class OutgoingMail:
     attachments: tuple[Attachment, ...]
     smtputf8: bool  # the envelope or headers need the SMTPUTF8 extension
     size: int = 0  # of data, kept when a check drops the content (see workers.py)
+    # Envelope recipients besides the row's (Cc and Bcc copies): a copy refused by the
+    # server does not fail the row, whose outcome is its recipient's.
+    copies: tuple[str, ...] = ()
 
 
 class Status(StrEnum):
@@ -248,8 +272,11 @@ class Status(StrEnum):
 
 # What a run reports, in the order a mail meets them: a row skipped or its mail built
 # (check, preview and the send's preflight); then, sending, the mail's outcome, and the
-# transport's reconnects and 4xx retries (``detail`` says why the run slows down).
-EventKind = Literal["skipped", "built", "sent", "failed", "uncertain", "reconnect", "retry"]
+# transport's reconnects and 4xx retries (``detail`` says why the run slows down), and a
+# Cc/Bcc copy the server refused while it took the mail for the row's recipient.
+EventKind = Literal[
+    "skipped", "built", "sent", "failed", "uncertain", "reconnect", "retry", "copy-refused"
+]
 
 
 @dataclass(frozen=True)

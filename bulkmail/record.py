@@ -92,10 +92,12 @@ class Recorder:
     def record(self, mail: OutgoingMail, outcome: Outcome, *, was: Status) -> None:
         """Record what became of ``mail``, marked before; ``was``: its status before."""
         match outcome:
-            case Accepted(reply=reply):
+            case Accepted(reply=reply, refused_copies=refused_copies):
                 self.journal.outcome(mail.recipient, Status.ACCEPTED, 250, reply)
                 self.report.accepted += 1
                 self.events.emit("sent", mail=mail, detail=reply)
+                for refusal in refused_copies:  # the row's outcome is its recipient's
+                    self.events.emit("copy-refused", mail=mail, detail=refusal)
             case Refused():
                 self._refused(mail, outcome)
             case Uncertain(why=why):

@@ -36,6 +36,7 @@ from bulkmail import (
     send_campaign,
     send_test,
     write_failed_csv,
+    write_starter,
 )
 from bulkmail.cli.terminal import Signals, Stream, guard_output
 from bulkmail.sizes import format_size
@@ -228,6 +229,8 @@ class _Progress:
         _signals.checkpoint()
         if event.kind in ("reconnect", "retry"):
             self._note(event.detail)
+        elif event.kind == "copy-refused":
+            self._note(f"warning: {event.detail}")
         elif self.sending and event.kind in ("sent", "failed", "uncertain"):
             self._count(event)
         elif not self.sending and event.kind == "built" and self.bar is not None:
@@ -680,6 +683,27 @@ def status(
                 "(--resend-uncertain sends it again)"
             )
         )
+
+
+@app.command(cls=_Command)
+def init(
+    folder: Annotated[
+        Path,
+        typer.Argument(help="Where to write the starter (made if missing).", file_okay=False),
+    ] = Path("."),
+) -> None:
+    """Write a starter campaign: a commented campaign.yaml, HTML and text templates and a
+    3-row list, ready for a dry run. Never overwrites a file.
+
+    Example: bulkmail init newsletter
+    """
+
+    with user_errors():
+        paths = write_starter(folder)
+    for path in paths:
+        out.print(f"wrote {escape(str(path))}")
+    command = shlex.join(["bulkmail", "run", str(paths[0]), "--dry-run"])
+    out.print(f"next: {escape(command)}, then open the previews' index.html", soft_wrap=True)
 
 
 dkim_app = typer.Typer(

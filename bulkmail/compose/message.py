@@ -23,7 +23,7 @@ from bulkmail.errors import (
     TemplateError,
 )
 from bulkmail.load.recipients import check_address
-from bulkmail.models import Campaign, OutgoingMail, Recipient, RenderedMail
+from bulkmail.models import Campaign, OutgoingMail, Recipient, RenderedMail, address_key
 
 # Headers whose value is a list of URLs: folded between the entries only. The generic
 # folder would turn a long URL into RFC 2047 encoded words, which no client follows.
@@ -95,6 +95,17 @@ def _body_part(subtype: str, text: str) -> bytes:
     ).encode("ascii") + _quoted_printable(text)
 
 
+def _text_only_part(text: str) -> bytes:
+    """The single body of a plain-text campaign. ASCII text of short lines goes as 7bit,
+    the text itself, readable in any client's "show source" and by any filter;
+    anything else as quoted-printable (7-bit safe for relays without 8BITMIME)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if text.isascii() and "\x00" not in text and all(len(line) <= _FOLD_AT for line in lines):
+        head = b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: 7bit\r\n'
+        return head + b"\r\n" + "\r\n".join(lines).encode("ascii")
+    return _body_part("plain", text)
+
+
 def _multipart(subtype: str, boundary: bytes, parts: Iterable[bytes]) -> bytes:
     """A multipart body. The boundary starts with "=_", which neither quoted-printable
     nor base64 can produce, so no part can contain it."""
@@ -150,13 +161,16 @@ class MessageBuilder:
 
     def build(self, index: int, recipient: Recipient, rendered: RenderedMail) -> OutgoingMail:
         """The complete message for one recipient: headers, text + HTML, attachments."""
-        smtputf8 = not (recipient.email + self.sender.addr_spec).isascii()
+        cc, copies = _copies(self.campaign, recipient)
+        smtputf8 = not "".join((recipient.email, self.sender.addr_spec, *copies)).isascii()
         policy = POLICY_UTF8 if smtputf8 else POLICY
         row = Location(self.campaign.recipients, recipient.line)
         local, _, domain = recipient.email.rpartition("@")
         to = Address(display_name=recipient.name, username=local, domain=domain)
         message_id = make_msgid(domain=self.sender.domain)
         headers = [_to_header(policy, to, row)]
+        if cc:
+            headers.append(_cc_header(policy, cc, row))
         headers.append(self._subject(policy, rendered.subject, row))
         headers.append(b"Date: %s\r\n" % formatdate(localtime=True).encode("ascii"))
         headers.append(b"Message-ID: %s\r\n" % message_id.encode("ascii"))
@@ -165,10 +179,14 @@ class MessageBuilder:
             headers.append(_fold(policy, "List-Unsubscribe", unsubscribe, row))
             if rendered.unsubscribe_url:
                 headers.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
-        alternative = _multipart(
-            "alternative",
-            self.boundaries[1],
-            [_body_part("plain", rendered.text), _body_part("html", rendered.html)],
+        alternative = (
+            _multipart(
+                "alternative",
+                self.boundaries[1],
+                [_body_part("plain", rendered.text), _body_part("html", rendered.html)],
+            )
+            if not self.campaign.text_only
+            else _text_only_part(rendered.text)
         )
         attachments = self._attachments(recipient, rendered.attachments)
         body = alternative
@@ -190,6 +208,7 @@ class MessageBuilder:
             attachments=tuple(info for _, info in attachments),
             smtputf8=smtputf8,
             size=len(data),
+            copies=copies,
         )
 
     def _subject(self, policy: EmailPolicy, subject: str, row: Location) -> bytes:
@@ -251,6 +270,38 @@ def _to_header(policy: EmailPolicy, to: Address, row: Location) -> bytes:
         f"{to.display_name!r} <{to.addr_spec}> cannot be written as one address in the To header",
         where=Location(row.path, row.line, "name"),
     )
+
+
+def _copies(campaign: Campaign, recipient: Recipient) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The Cc header's addresses (the campaign's, then the row's), and every copy's envelope
+    address (those, then the Bcc ones): each once, never the row's recipient again."""
+    seen = {address_key(recipient.email)}
+
+    def new(addresses: Iterable[str]) -> tuple[str, ...]:
+        fresh = []
+        for address in addresses:
+            if address_key(address) not in seen:
+                seen.add(address_key(address))
+                fresh.append(address)
+        return tuple(fresh)
+
+    cc = new((*campaign.cc, *recipient.cc))
+    return cc, cc + new(campaign.bcc)
+
+
+def _cc_header(policy: EmailPolicy, cc: Iterable[str], row: Location) -> bytes:
+    """The Cc header: bare addresses checked when read (no name, no line break, no encoded
+    word), read back to make sure it names exactly them, as the To header is."""
+    addresses = [Address(addr_spec=address) for address in cc]
+    folded = _fold(policy, "Cc", addresses, row)
+    text = folded.decode("utf-8")[len("Cc:") :].replace("\r\n", "")
+    found = [a.addr_spec for a in policy.header_factory("Cc", text.strip()).addresses]
+    if found != [a.addr_spec for a in addresses]:
+        raise RecipientError(
+            f"{', '.join(cc)} cannot be written as the Cc header",
+            where=Location(row.path, row.line, "cc"),
+        )
+    return folded
 
 
 def _static_header(campaign: Campaign, name: str, value: object) -> bytes:

@@ -12,7 +12,9 @@ from typing import Any
 import jinja2
 import jinja2.meta
 import jinja2.sandbox
+from markupsafe import Markup
 
+from bulkmail.compose import markdown as md
 from bulkmail.compose.attachments import check_filename, locate
 from bulkmail.compose.inline import Inliner, PremailerInliner
 from bulkmail.compose.skeleton import MARKERS, SkeletonInliner, Slotted, finalize
@@ -77,7 +79,7 @@ class Templates:
     for the skeleton cache), the text, the one-line settings and the attachments' paths
     and names. ``files``: every template file read, extended and included ones too."""
 
-    html: Compiled
+    html: Compiled | None  # None: a plain-text campaign (text_template alone)
     html_marked: Compiled | None
     text: Compiled | None
     subject: Compiled
@@ -85,23 +87,37 @@ class Templates:
     unsubscribe_mailto: Compiled | None
     attachments: tuple[AttachmentTemplates, ...]
     files: frozenset[str]
+    markdown: Compiled | None = None  # a Markdown body, rendered into ``layout``
+    layout: Compiled | None = None
 
     @classmethod
     def compile(cls, campaign: Campaign, *, marked: bool) -> Templates:
         """Compile every template; TemplateError with file and line. ``marked``: also the
         HTML with each value marked, unless a template file holds the markers itself."""
-        folders = [campaign.template.parent]
+        folders = [campaign.body_template.parent]
         if campaign.text_template and campaign.text_template.parent not in folders:
             folders.append(campaign.text_template.parent)
         text_env = _environment(folders, html=False)
         files: set[str] = set()
         html_env = _environment(folders, html=True)
-        html = _compiled_file(html_env, campaign.template, folders, files)
+        html = None
+        if campaign.template is not None:
+            html = _compiled_file(html_env, campaign.template, folders, files)
+        markdown = layout = None
+        if campaign.markdown is not None:
+            markdown = _compiled_file(md.environment(folders), campaign.markdown, folders, files)
+            layout_file = campaign.layout or md.default_layout()
+            layout_env = _environment([layout_file.parent], html=True)
+            layout = _compiled_file(layout_env, layout_file, [layout_file.parent], files)
         text = None
         if campaign.text_template:
             text = _compiled_file(text_env, campaign.text_template, folders, files)
         html_marked = None
-        if marked and all(MARKERS.isdisjoint(Path(name).read_text("utf-8")) for name in files):
+        if (
+            campaign.template is not None
+            and marked
+            and all(MARKERS.isdisjoint(Path(name).read_text("utf-8")) for name in files)
+        ):
             marked_env = _environment(folders, html=True, marked=True)
             html_marked = _compiled_file(marked_env, campaign.template, folders, set())
         url = campaign.unsubscribe.url if campaign.unsubscribe else None
@@ -117,6 +133,8 @@ class Templates:
             unsubscribe_mailto=_setting(text_env, campaign, mailto, "unsubscribe", "mailto"),
             attachments=_attachment_templates(campaign, text_env),
             files=frozenset(files),
+            markdown=markdown,
+            layout=layout,
         )
 
 
@@ -227,7 +245,7 @@ class Renderer:
             raise TemplateError(
                 "renders empty; every mail needs a subject", where=t.subject.where, row=row
             )
-        html, text = self._html_and_text(context, row)
+        html, text = self._html_and_text(context, row, subject)
         if t.text is not None:
             text = self._render(t.text, context, row)
         return RenderedMail(
@@ -255,13 +273,43 @@ class Renderer:
             )
         return value
 
-    def _html_and_text(self, context: dict[str, Any], row: Location) -> tuple[str, str]:
-        """The inlined HTML and the text made from it (unless a text template is used)."""
+    def _html_and_text(
+        self, context: dict[str, Any], row: Location, subject: str = ""
+    ) -> tuple[str, str]:
+        """The inlined HTML and the text made from it (unless a text template is used);
+        a plain-text campaign has neither here (its text is the text template's)."""
+        body, layout = self.templates.markdown, self.templates.layout
+        if body is not None and layout is not None:
+            return self._markdown(body, layout, context, row, subject)
+        if self.templates.html is None:
+            return "", ""
         if self.skeletons is not None and self.templates.html_marked is not None:
             marked = self._render(self.templates.html_marked, context, row)
             return self.skeletons(Slotted.split(marked))
         html = self._inliner(self._render(self.templates.html, context, row))
         return html, html_to_text(html) if self.templates.text is None else ""
+
+    def _markdown(
+        self,
+        body: Compiled,
+        layout: Compiled,
+        context: dict[str, Any],
+        row: Location,
+        subject: str,
+    ) -> tuple[str, str]:
+        """A Markdown body: Jinja first (values escaped as Markdown), then CommonMark into
+        the layout's ``{{ content }}``, CSS inlined; the text part is the Markdown's own
+        text (with the unsubscribe URL the default layout shows under it)."""
+        source = self._render(body, context, row)
+        content = Markup(md.to_html(source))  # markdown-it's HTML, raw HTML off
+        around = {**context, "content": content, "subject": subject}  # the layout's variables
+        html = self._inliner(self._render(layout, around, row))
+        if self.templates.text is not None:
+            return html, ""
+        text = md.to_text(source)
+        if self.campaign.layout is None and "unsubscribe_url" in context:
+            text += f"\nUnsubscribe: {context['unsubscribe_url']}\n"
+        return html, text
 
     def _render(self, compiled: Compiled, context: dict[str, Any], row: Location) -> str:
         try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bulkmail.deliver.smtp import SendCancelled
+from bulkmail.deliver.smtp import Delivered, SendCancelled
 from bulkmail.deliver.transport import Transport
 from bulkmail.errors import DeliveryError, DeliveryUncertain, RecipientRefused
 from bulkmail.models import OutgoingMail
@@ -29,9 +29,11 @@ from bulkmail.models import OutgoingMail
 
 @dataclass(frozen=True)
 class Accepted:
-    """The server accepted the mail; ``reply`` is its answer to the end of DATA."""
+    """The server accepted the mail; ``reply`` is its answer to the end of DATA;
+    ``refused_copies``: the Cc/Bcc copies it refused, one line each (the row is not failed)."""
 
     reply: str
+    refused_copies: tuple[str, ...] = ()
     ends_run: ClassVar[bool] = False
 
 
@@ -91,4 +93,4 @@ def send_one(transport: Transport, mail: OutgoingMail) -> Outcome:
         return Uncertain(str(exc))
     except DeliveryError as exc:
         return Stopped(exc)
-    return Accepted(reply)
+    return Accepted(reply, reply.refused_copies if isinstance(reply, Delivered) else ())

@@ -10,6 +10,7 @@ so the folder and its files are owner-only.
 from __future__ import annotations
 
 import contextlib
+import email
 import io
 import os
 import re
@@ -78,13 +79,44 @@ _ROW = _ENV.from_string("""<tr><td class="num" data-label="#">{{ mail.index }}</
 {{- a.filename }} ({{ a.size | size }})<br>
 {% else %}none{% endfor %}</td>
 <td class="num" data-label="Size">{{ mail.size | size }}</td>
-<td data-label="Files"><a href="{{ stem }}.html">html</a> · <a href="{{ stem }}.eml">eml</a></td>
+<td data-label="Files"><a href="{{ stem }}.html">{{ "html" if mail.html else "text" }}</a>
+· <a href="{{ stem }}.eml">eml</a></td>
 </tr>
 """)
 _FOOT = _ENV.from_string("""</tbody></table>
 <p>{{ count }} mail{{ "" if count == 1 else "s" }}, {{ total | size }} in all.</p>
 </body></html>
 """)
+
+
+# A plain-text mail's .html view: the text as the reader's client shows it, escaped,
+# in its own line breaks, wrapped to the window rather than scrolled sideways.
+_TEXT_VIEW = _ENV.from_string("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ mail.subject }}</title>
+<style>
+body { margin: 2em; color: #222; background: #fff; }
+pre { font: 14px/1.5 ui-monospace, monospace; white-space: pre-wrap;
+      overflow-wrap: anywhere; max-width: 80ch; }
+@media (max-width: 600px) { body { margin: 1em; } }
+</style></head><body>
+<pre>{{ text }}</pre>
+</body></html>
+""")
+
+
+def text_view(mail: OutgoingMail) -> str:
+    """The readable .html preview of a plain-text mail: its text part, escaped, in <pre>."""
+    message = email.message_from_bytes(mail.data)
+    text = ""
+    for part in message.walk():
+        if part.get_content_type() == "text/plain" and not part.get_filename():
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                text = payload.decode(part.get_content_charset() or "utf-8", "replace")
+            break
+    return _TEXT_VIEW.render(mail=mail, text=text.replace("\r\n", "\n"))
 
 
 def preview_stem(index: int, email: str) -> str:
@@ -146,7 +178,8 @@ class PreviewTransport(Opened):
         assert self._index is not None, "open() first"
         stem = preview_stem(mail.index, mail.recipient.email)
         with _disk_errors(self.out):
-            self._write(f"{stem}.html", mail.html.encode("utf-8"))
+            view = mail.html or text_view(mail)  # no HTML: a plain-text campaign
+            self._write(f"{stem}.html", view.encode("utf-8"))
             self._write(f"{stem}.eml", mail.data)
             self._index.write(_ROW.render(mail=mail, stem=stem))
         self.count += 1

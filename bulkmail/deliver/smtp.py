@@ -21,6 +21,7 @@ allow it (:meth:`SmtpSettings.plaintext_auth_problem`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import smtplib
 import socket
@@ -61,6 +62,19 @@ GREETING_TIMEOUT = 10.0
 _NOT_TLS = {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"}
 # The command whose reply a stage of connecting waits for, for "no reply to ... within".
 _STAGE_COMMANDS = {"connect": "EHLO", "starttls": "STARTTLS", "login": "AUTH"}
+
+
+class Delivered(str):
+    """The server's 2xx reply to the end of DATA (what `send` returns), carrying the Cc/Bcc
+    copies it refused at RCPT TO, each in one line with the address and the reply: the
+    mail went to the row's recipient, so the row is not failed for them, but said."""
+
+    refused_copies: tuple[str, ...]
+
+    def __new__(cls, reply: str, refused_copies: tuple[str, ...] = ()) -> Delivered:
+        delivered = super().__new__(cls, reply)
+        delivered.refused_copies = refused_copies
+        return delivered
 
 
 class SendCancelled(Exception):
@@ -313,10 +327,11 @@ class SMTPTransport(Opened):
         """
         payload = _dot_stuff(mail.data)
         retries = drops = 0
+        refused: list[str] = []  # copies refused in the last attempt
         while True:
             smtp = self._ready_connection()
             try:
-                reply = self._transaction(smtp, mail, payload)
+                reply = self._transaction(smtp, mail, payload, refused)
             except DeliveryUncertain:
                 self._discard_connection()
                 raise
@@ -326,7 +341,7 @@ class SMTPTransport(Opened):
                 self._before_reconnect(mail, drop.reason, drops)
                 continue
             if reply.accepted:
-                return str(reply)
+                return Delivered(str(reply), tuple(refused))
             if reply.transient and retries < len(self._retry_delays):
                 delay = self._retry_delays[retries]
                 retries += 1
@@ -519,7 +534,9 @@ class SMTPTransport(Opened):
 
     # -- one mail -------------------------------------------------------------------------
 
-    def _transaction(self, smtp: smtplib.SMTP, mail: OutgoingMail, payload: bytes) -> _Reply:
+    def _transaction(
+        self, smtp: smtplib.SMTP, mail: OutgoingMail, payload: bytes, refused: list[str]
+    ) -> _Reply:
         """MAIL, RCPT, DATA for one mail. Raises _Dropped when the mail can safely be resent."""
         options = self._mail_options(smtp, mail)
         if self._needs_rset:
@@ -529,20 +546,33 @@ class SMTPTransport(Opened):
             self._needs_rset = False
         self._sent_on_connection += 1
         self._needs_rset = True  # until the server accepts this mail
-        reply = self._exchange(smtp, mail, options, payload)
+        reply = self._exchange(smtp, mail, options, payload, refused)
         self._check(reply)
         self._needs_rset = not reply.accepted
         return reply
 
     def _exchange(
-        self, smtp: smtplib.SMTP, mail: OutgoingMail, options: list[str], payload: bytes
+        self,
+        smtp: smtplib.SMTP,
+        mail: OutgoingMail,
+        options: list[str],
+        payload: bytes,
+        refused: list[str],
     ) -> _Reply:
+        """MAIL FROM, RCPT TO the row's recipient then each copy, DATA. A refused copy is
+        noted in ``refused`` and the mail still goes to the others."""
+        refused.clear()
         reply = self._command("MAIL FROM", lambda: smtp.mail(mail.sender, options))
         if not reply.accepted:
             return reply
         reply = self._command("RCPT TO", lambda: smtp.rcpt(mail.recipient.email))
         if not reply.accepted:
             return reply
+        for copy in mail.copies:
+            answer = self._command("RCPT TO", functools.partial(smtp.rcpt, copy))
+            self._check(answer)
+            if not answer.accepted:
+                refused.append(f"{copy}: copy refused by {self.where} at RCPT TO: {answer}")
         reply = self._command("DATA", lambda: smtp.docmd("DATA"))
         if reply.code != 354:
             return reply

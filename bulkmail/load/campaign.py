@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from bulkmail.errors import ConfigError, Location
+from bulkmail.errors import ConfigError, Location, RecipientError
+from bulkmail.load.recipients import check_address
 from bulkmail.models import (
     DEFAULT_PORTS,
     AttachmentSpec,
@@ -26,9 +27,9 @@ from bulkmail.models import (
 TOP_KEYS = (
     "name", "from", "reply_to", "subject", "template", "text_template", "recipients",
     "data", "attachments", "unsubscribe", "suppress", "smtp", "rate", "preview",
-    "base_url", "headers", "allow_special_domains", "dkim",
+    "base_url", "headers", "allow_special_domains", "dkim", "cc", "bcc", "markdown", "layout",
 )  # fmt: skip
-REQUIRED = ("from", "subject", "template", "recipients")
+REQUIRED = ("from", "subject", "recipients")  # and a body: template, markdown or text_template
 SMTP_KEYS = (
     "host", "port", "security", "username", "password_env", "timeout", "ca_file",
     "local_hostname", "max_per_connection", "allow_plaintext_auth",
@@ -260,6 +261,7 @@ def _build(root: _Node, path: Path) -> Campaign:
     for key in REQUIRED:
         if key not in keys:
             raise ConfigError(f"missing required key '{key}'", where=Location(path))
+    _check_body_keys(keys, path)
 
     def opt(key: str, convert: Callable[[_Node], Any]) -> Any:
         node = keys.get(key)
@@ -279,14 +281,21 @@ def _build(root: _Node, path: Path) -> Campaign:
         raise keys["name"].error(f"{name!r}: use letters, digits, '.', '-' and '_' only")
     recipients, recipients_delimiter = _csv_file(keys["recipients"], base)
     suppress, suppress_delimiter = opt("suppress", lambda n: _csv_file(n, base)) or (None, None)
+    special = bool(opt("allow_special_domains", _flag))
     return Campaign(
         path=path,
         name=name,
         sender=keys["from"].text(),
         reply_to=opt("reply_to", _Node.text),
         subject=keys["subject"].text(),
-        template=keys["template"].file(base),
-        text_template=opt("text_template", lambda n: n.file(base)),
+        template=keys["template"].file(base) if "template" in keys else None,
+        markdown=keys["markdown"].file(base) if "markdown" in keys else None,
+        layout=keys["layout"].file(base) if "layout" in keys else None,
+        text_template=(
+            keys["text_template"].file(base)
+            if "template" not in keys and "markdown" not in keys
+            else opt("text_template", lambda n: n.file(base))
+        ),
         recipients=recipients,
         recipients_delimiter=recipients_delimiter,
         data=data,
@@ -294,7 +303,9 @@ def _build(root: _Node, path: Path) -> Campaign:
         unsubscribe=opt("unsubscribe", _unsubscribe),
         suppress=suppress,
         suppress_delimiter=suppress_delimiter,
-        allow_special_domains=bool(opt("allow_special_domains", _flag)),
+        allow_special_domains=special,
+        cc=opt("cc", lambda n: _copies(n, special)) or (),
+        bcc=opt("bcc", lambda n: _copies(n, special)) or (),
         smtp=opt("smtp", lambda n: _smtp(n, base)),
         dkim=opt("dkim", lambda n: _dkim(n, base)),
         rate=opt("rate", _rate) or DEFAULT_RATE,
@@ -304,6 +315,24 @@ def _build(root: _Node, path: Path) -> Campaign:
         headers=opt("headers", _headers) or {},
         where={key: node.where() for key, node in keys.items()},
     )
+
+
+def _check_body_keys(keys: dict[str, _Node], path: Path) -> None:
+    """One body: an HTML ``template``, a ``markdown`` file (in a ``layout``), or a
+    ``text_template`` alone (a plain-text mail)."""
+    if "template" in keys and "markdown" in keys:
+        raise keys["markdown"].error(
+            "template and markdown are two bodies: keep one (a Markdown body goes in "
+            "layout:, an HTML file with {{ content }})"
+        )
+    if "layout" in keys and "markdown" not in keys:
+        raise keys["layout"].error("a layout wraps a Markdown body: add markdown:")
+    if not {"template", "markdown", "text_template"} & keys.keys():
+        raise ConfigError(
+            "missing required key 'template' (an HTML template), or 'markdown', or "
+            "'text_template' for a plain-text mail",
+            where=Location(path),
+        )
 
 
 def _name_from_file(path: Path) -> str:
@@ -502,6 +531,23 @@ def _dkim(node: _Node, base: Path) -> DkimSettings:
         algorithm=algorithm,  # type: ignore[arg-type]  # checked above
         key_where=fields[sources[0]].where(),
     )
+
+
+def _copies(node: _Node, allow_special_domains: bool) -> tuple[str, ...]:
+    """``cc:``/``bcc:``: one address or a list of them, each checked as a recipient's is
+    (a bare address: a copy has no name to greet), so a typo stops the run before it starts."""
+    items = list(node.items()) if isinstance(node.node, yaml.SequenceNode) else [node]
+    addresses: list[str] = []
+    for item in items:
+        try:
+            address = check_address(
+                item.text(), item.where(), allow_special_domains=allow_special_domains
+            )
+        except RecipientError as exc:
+            raise item.error(exc.message) from None
+        if address not in addresses:
+            addresses.append(address)
+    return tuple(addresses)
 
 
 def _rate(node: _Node) -> Rate:

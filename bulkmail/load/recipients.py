@@ -19,6 +19,8 @@ from bulkmail.models import Recipient, Skipped, address_key
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NOT_WORD = re.compile(r"\W+")
 _ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
+# Between the addresses of a `cc` cell: commas, semicolons (Outlook's habit) or spaces.
+_COPY_SEPARATORS = re.compile(r"[,;\s]+")
 # Tried in this order on the header line; the first that yields an email column is used.
 # Excel writes ";" where the decimal separator is a comma (most of Europe), tabs for .tsv.
 DELIMITERS = (",", ";", "\t", "|")
@@ -133,7 +135,7 @@ def _columns(header: list[str], path: Path, hint: str) -> list[str]:
     columns: list[str] = []
     for index, cell in enumerate(header, start=1):
         name = _variable_name(cell)
-        if name.lower() in ("email", "name"):
+        if name.lower() in ("email", "name", "cc"):
             name = name.lower()
         if not name:
             raise RecipientError(f"column {index} has no name", where=Location(path, 1))
@@ -258,7 +260,19 @@ def _recipient(
     fields = dict(row)
     fields["email"] = email
     fields["name"] = name
-    return Recipient(line=line, email=email, name=name, fields=fields)
+    cc = _row_copies(row.get("cc", ""), Location(path, line, "cc"), allow_special_domains)
+    return Recipient(line=line, email=email, name=name, fields=fields, cc=cc)
+
+
+def _row_copies(cell: str, where: Location, allow_special_domains: bool) -> tuple[str, ...]:
+    """The addresses of a row's `cc` cell (none if empty), each checked like `email`."""
+    addresses: list[str] = []
+    for part in _COPY_SEPARATORS.split(cell.strip()):
+        if part:
+            address = check_address(part, where, allow_special_domains=allow_special_domains)
+            if address not in addresses:
+                addresses.append(address)
+    return tuple(addresses)
 
 
 def iter_recipients(
