@@ -9,7 +9,11 @@ from pathlib import Path
 
 from bulkmail.errors import BulkmailError, Location
 
-STARTER = ("campaign.yaml", "newsletter.html", "newsletter.txt", "list.csv")
+# campaign.yaml first: the CLI's "next:" hint runs the first file written.
+STARTER = (
+    "campaign.yaml", "campaign-markdown.yaml", "newsletter.html", "newsletter.md",
+    "newsletter.txt", "list.csv",
+)  # fmt: skip
 
 
 def _source(name: str) -> Traversable:

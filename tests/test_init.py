@@ -14,11 +14,14 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from bulkmail.cli.app import app
-from bulkmail.load.campaign import TOP_KEYS
+from bulkmail.load.campaign import DKIM_KEYS, SMTP_KEYS, TOP_KEYS
 
 ROOT = Path(__file__).parent.parent
 STARTER = ROOT / "bulkmail" / "resources" / "starter"
-FILES = ["campaign.yaml", "newsletter.html", "newsletter.txt", "list.csv"]
+FILES = [
+    "campaign.yaml", "campaign-markdown.yaml", "newsletter.html", "newsletter.md",
+    "newsletter.txt", "list.csv",
+]  # fmt: skip
 runner = CliRunner()
 
 
@@ -55,6 +58,48 @@ def test_init_writes_a_starter_that_a_dry_run_renders_at_once(tmp_path: Path) ->
     assert "warning" not in strict.stderr.lower()
 
 
+def test_the_starter_markdown_campaign_renders_at_once_too(tmp_path: Path) -> None:
+    assert _bulkmail("init", "news", cwd=tmp_path).returncode == 0
+    run = _bulkmail("run", "news/campaign-markdown.yaml", "--dry-run", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "warning" not in run.stderr.lower()
+    emls = sorted((tmp_path / "news" / "previews-markdown").glob("*.eml"))
+    assert len(emls) == 3
+    message = BytesParser(policy=policy.default).parsebytes(emls[2].read_bytes())
+    assert message["To"].addresses[0].addr_spec == "wang@example.net"
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None
+    assert html is not None
+    assert "Hello 小明," in text.get_content()
+    assert "like {{ first_name }}" in text.get_content()  # shown, not escaped
+    assert "Read more on our website (https://example.com/)" in text.get_content()
+    body = html.get_content()
+    assert re.search(r"<h1[^>]*>Hello 小明,</h1>", body)
+    assert re.search(r'<a href="https://example.com/"[^>]*>Read more on our website</a>', body)
+    assert "<li>what comes next</li>" in body
+    assert "https://example.com/unsubscribe?e=wang%40example.net" in body
+
+    strict = _bulkmail("check", "news/campaign-markdown.yaml", "--strict", cwd=tmp_path)
+    assert strict.returncode == 0, strict.stderr
+    assert "warning" not in strict.stderr.lower()
+
+
+def test_both_starter_campaigns_run_side_by_side(tmp_path: Path) -> None:
+    """Their own names and preview folders: trying one never disturbs the other."""
+    assert _bulkmail("init", cwd=tmp_path).returncode == 0
+    for campaign in ("campaign.yaml", "campaign-markdown.yaml"):
+        run = _bulkmail("run", campaign, "--dry-run", cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+    assert len(list((tmp_path / "previews").glob("*.eml"))) == 3
+    assert len(list((tmp_path / "previews-markdown").glob("*.eml"))) == 3
+    names = [
+        re.findall(r"^name: (\S+)", (tmp_path / c).read_text(encoding="utf-8"), re.M)
+        for c in ("campaign.yaml", "campaign-markdown.yaml")
+    ]
+    assert names == [["first-issue"], ["first-issue-markdown"]]  # one journal each
+
+
 def test_init_into_the_current_folder(tmp_path: Path) -> None:
     result = _bulkmail("init", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -77,11 +122,25 @@ def test_init_never_overwrites_and_writes_nothing_then(tmp_path: Path) -> None:
     assert [p.name for p in folder.iterdir()] == ["list.csv"]
 
 
+def test_init_refuses_when_only_a_markdown_file_exists(tmp_path: Path) -> None:
+    (tmp_path / "newsletter.md").write_text("# mine\n", encoding="utf-8")
+    result = _bulkmail("init", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: newsletter.md: already exists; bulkmail init never overwrites a file: "
+        "choose another folder"
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["newsletter.md"]
+    assert (tmp_path / "newsletter.md").read_text(encoding="utf-8") == "# mine\n"
+
+
 def test_the_starter_campaign_shows_every_setting() -> None:
+    """Every key the loader accepts is in campaign.yaml, so the starter can't fall behind."""
     text = (STARTER / "campaign.yaml").read_text(encoding="utf-8")
-    # Markdown bodies have their own documentation; the starter is an HTML campaign.
-    for key in set(TOP_KEYS) - {"markdown", "layout"}:
+    for key in TOP_KEYS:
         assert re.search(rf"^(# )?{key}:", text, re.M), key
+    for key in (*SMTP_KEYS, *DKIM_KEYS):
+        assert re.search(rf"^#   {key}:", text, re.M), key
 
 
 def test_the_starter_ships_as_package_data() -> None:
