@@ -130,6 +130,16 @@ def test_dry_run_embeds_the_images_once_as_related_parts(c: CampaignDir) -> None
     assert "小明，你好！来自杭州的消息。" in mails[2].get_body(("html",)).get_content()  # type: ignore[union-attr]
 
 
+def test_no_boundary_is_a_prefix_of_another(c: CampaignDir) -> None:
+    message = dry_run(c)[0]
+
+    boundaries = [p.get_boundary() or "" for p in message.walk() if p.is_multipart()]
+    assert len(boundaries) == 3
+    assert [b[-4:] for b in boundaries] == ["_mix", "_alt", "_rel"]
+    for a in boundaries:
+        assert [b for b in boundaries if b.startswith(a)] == [a]
+
+
 def test_the_html_preview_shows_the_image_files(c: CampaignDir) -> None:
     dry_run(c)
 

@@ -64,6 +64,8 @@ class InlineImages:
         by_path: dict[Path, Image] = {}
         by_src: dict[str, Image] = {}
         for template in template_files:
+            if template == campaign.text_template:
+                continue  # plain text: an <img> there is text, not an image
             for src, line in _local_sources(template):
                 where = Location(template, line)
                 path = _confined(folder, src, where)
