@@ -159,6 +159,8 @@ class Campaign:
     # Bcc in the envelope only (e.g. an archive copy to the sender).
     cc: tuple[str, ...] = ()
     bcc: tuple[str, ...] = ()
+    # "embed": local <img> files go inside each mail (multipart/related); "link": URLs.
+    images: str = "embed"
     # Where each top-level setting was written, for error messages.
     where: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
@@ -258,6 +260,8 @@ class OutgoingMail:
     # Envelope recipients besides the row's (Cc and Bcc copies): a copy refused by the
     # server does not fail the row, whose outcome is its recipient's.
     copies: tuple[str, ...] = ()
+    # Each embedded image's src in ``html`` and its file's URI, for the .html preview.
+    image_files: tuple[tuple[str, str], ...] = ()
 
 
 class Status(StrEnum):

@@ -692,8 +692,8 @@ def init(
         typer.Argument(help="Where to write the starter (made if missing).", file_okay=False),
     ] = Path("."),
 ) -> None:
-    """Write a starter campaign: a commented campaign.yaml, HTML and text templates and a
-    3-row list, ready for a dry run. Never overwrites a file.
+    """Write a starter campaign: a commented campaign.yaml with HTML and text templates,
+    the same campaign in Markdown, and a 3-row list, ready for a dry run. Never overwrites.
 
     Example: bulkmail init newsletter
     """

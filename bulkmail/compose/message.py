@@ -7,7 +7,7 @@ import binascii
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.policy import EmailPolicy
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bulkmail.compose.attachments import Attachments, Part
 from bulkmail.compose.dkim import Signer
+from bulkmail.compose.images import InlineImages
 from bulkmail.errors import (
     ConfigError,
     Location,
@@ -128,13 +129,20 @@ class MessageBuilder:
     sender: Address
     static_headers: bytes  # From, Reply-To, X-Bulkmail-Campaign, custom headers
     attachments: Attachments  # the fixed files read and encoded once per campaign
-    boundaries: tuple[bytes, bytes]  # multipart/mixed, multipart/alternative
+    boundaries: tuple[bytes, bytes, bytes]  # multipart/mixed, alternative, related
     signer: Signer | None = None  # the campaign's DKIM key, read once per run
+    images: InlineImages = field(default_factory=InlineImages)  # local <img> files, encoded
 
     @classmethod
-    def load(cls, campaign: Campaign, attachments: Attachments | None = None) -> MessageBuilder:
+    def load(
+        cls,
+        campaign: Campaign,
+        attachments: Attachments | None = None,
+        template_files: Iterable[Path] | None = None,
+    ) -> MessageBuilder:
         """Check the sender and prepare the headers every mail shares; ``attachments``
-        (else loaded here) has the files every mail shares read and encoded."""
+        (else loaded here) has the files every mail shares read and encoded;
+        ``template_files`` (else the campaign's body files) are scanned for images."""
         special = campaign.allow_special_domains
         sender = parse_sender(
             campaign.sender, campaign.location("from"), allow_special_domains=special
@@ -153,11 +161,17 @@ class MessageBuilder:
         # Parsers find a delimiter line by its start, so no boundary may be a prefix of
         # another (RFC 2046 5.1.1): two of the same length that differ.
         token = secrets.token_hex(12)
-        mixed, alternative = (
-            f"=_bulkmail_{token}_{kind}".encode("ascii") for kind in ("mix", "alt")
+        mixed, alternative, related = (
+            f"=_bulkmail_{token}_{kind}".encode("ascii") for kind in ("mix", "alt", "rel")
         )
         signer = Signer.load(campaign.dkim) if campaign.dkim else None
-        return cls(campaign, sender, static, attachments, (mixed, alternative), signer)
+        if template_files is None:
+            template_files = [
+                f for f in (campaign.template, campaign.markdown, campaign.layout) if f
+            ]
+        images = InlineImages.load(campaign, template_files, POLICY)
+        boundaries = (mixed, alternative, related)
+        return cls(campaign, sender, static, attachments, boundaries, signer, images)
 
     def build(self, index: int, recipient: Recipient, rendered: RenderedMail) -> OutgoingMail:
         """The complete message for one recipient: headers, text + HTML, attachments."""
@@ -183,7 +197,7 @@ class MessageBuilder:
             _multipart(
                 "alternative",
                 self.boundaries[1],
-                [_body_part("plain", rendered.text), _body_part("html", rendered.html)],
+                [_body_part("plain", rendered.text), self._html_part(rendered.html)],
             )
             if not self.campaign.text_only
             else _text_only_part(rendered.text)
@@ -209,7 +223,18 @@ class MessageBuilder:
             smtputf8=smtputf8,
             size=len(data),
             copies=copies,
+            image_files=self.images.file_uris(),
         )
+
+    def _html_part(self, html: str) -> bytes:
+        """The HTML body; with embedded images, multipart/related (RFC 2387) holding the
+        HTML, its srcs as ``cid:``, then each image it shows (the bytes shared by all)."""
+        html, images = self.images.embed(html)
+        if not images:
+            return _body_part("html", html)
+        parts = [_body_part("html", html), *(image.part for image in images)]
+        related = _multipart("related", self.boundaries[2], parts)
+        return related.replace(b"multipart/related;", b'multipart/related; type="text/html";', 1)
 
     def _subject(self, policy: EmailPolicy, subject: str, row: Location) -> bytes:
         """The Subject header, checked to say what was meant. The email package decodes

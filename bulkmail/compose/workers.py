@@ -46,7 +46,9 @@ class MailFactory:
     def load(cls, campaign: Campaign) -> MailFactory:
         """Compile every template and read every shared file; raise what is wrong."""
         attachments = Attachments.load(campaign, POLICY)
-        return cls(campaign, Renderer.load(campaign), MessageBuilder.load(campaign, attachments))
+        renderer = Renderer.load(campaign)
+        builder = MessageBuilder.load(campaign, attachments, renderer.template_files)
+        return cls(campaign, renderer, builder)
 
     def build(self, index: int, recipient: Recipient, *, content: bool = True) -> Built:
         """The recipient's mail, or the problem that stops it. ``content=False``: without

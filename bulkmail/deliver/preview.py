@@ -22,6 +22,7 @@ from typing import IO
 
 import jinja2
 
+from bulkmail.compose.images import rewrite_sources
 from bulkmail.errors import ConfigError, Location
 from bulkmail.models import OutgoingMail
 from bulkmail.opening import Opened
@@ -179,6 +180,8 @@ class PreviewTransport(Opened):
         stem = preview_stem(mail.index, mail.recipient.email)
         with _disk_errors(self.out):
             view = mail.html or text_view(mail)  # no HTML: a plain-text campaign
+            if mail.image_files:  # embedded in the .eml; the browser reads the files
+                view = rewrite_sources(view, dict(mail.image_files))
             self._write(f"{stem}.html", view.encode("utf-8"))
             self._write(f"{stem}.eml", mail.data)
             self._index.write(_ROW.render(mail=mail, stem=stem))

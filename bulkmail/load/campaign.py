@@ -28,6 +28,7 @@ TOP_KEYS = (
     "name", "from", "reply_to", "subject", "template", "text_template", "recipients",
     "data", "attachments", "unsubscribe", "suppress", "smtp", "rate", "preview",
     "base_url", "headers", "allow_special_domains", "dkim", "cc", "bcc", "markdown", "layout",
+    "images",
 )  # fmt: skip
 REQUIRED = ("from", "subject", "recipients")  # and a body: template, markdown or text_template
 SMTP_KEYS = (
@@ -313,6 +314,7 @@ def _build(root: _Node, path: Path) -> Campaign:
         journal_dir=base / JOURNAL_FOLDER,
         base_url=opt("base_url", _url),
         headers=opt("headers", _headers) or {},
+        images=opt("images", _images) or "embed",
         where={key: node.where() for key, node in keys.items()},
     )
 
@@ -569,6 +571,13 @@ def _url(node: _Node) -> str:
     if not re.match(r"https?://", url):
         raise node.error(f"{url!r}: must be an http(s) URL")
     return url
+
+
+def _images(node: _Node) -> str:
+    mode = node.text()
+    if mode not in ("embed", "link"):
+        raise node.error(f"{mode!r}: must be embed (inside each mail) or link (URLs)")
+    return mode
 
 
 def _headers(node: _Node) -> dict[str, str]:
