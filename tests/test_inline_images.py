@@ -241,3 +241,57 @@ def test_a_markdown_image_is_embedded(c: CampaignDir) -> None:
     html_part, image = list(related(message).iter_parts())
     assert image.get_content() == PNG_LOGO
     assert f'src="cid:{image["Content-ID"].strip("<>")}"' in html_part.get_content()
+
+
+MARKDOWN_ZH = """\
+# {{ first_name }}，{{ month }}的通讯
+
+来自{{ city }}的读者，你好！
+
+![标志](images/logo.png)
+
+- 新书上架
+- 读书会在周六下午举行
+
+![照片](images/photo.png)
+
+[阅读全文](https://example.com/news)
+"""
+
+
+def test_a_chinese_markdown_newsletter_with_two_images_and_a_pdf(
+    c: CampaignDir, smtpd: Server, tls: TLSPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10's own example: checked, previewed (every .eml parsed) and sent."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    c.template("issue.md", MARKDOWN_ZH)
+    c.write(template=None, markdown="../templates/issue.md", smtp=smtp_settings(smtpd, tls))
+    assert check_campaign(c.root / "campaigns" / "test.yaml").mails == 3
+
+    previews = dry_run(c)
+    result = runner.invoke(app, ["run", "campaigns/test.yaml", "--yes"])
+
+    assert result.exit_code == 0, result.output
+    sent = [m.parsed() for m in smtpd.inbox.messages]
+    assert len(previews) == len(sent) == 3
+    for message in [*previews, *sent]:
+        assert shape(message) == (
+            "mixed",
+            [
+                ("alternative", ["text/plain", ("related", ["text/html", "image/png", "image/png"])]),
+                "application/pdf",
+            ],
+        )  # fmt: skip
+        html_part, *images = list(related(message).iter_parts())
+        assert sorted(i.get_content() for i in images) == sorted([PNG_LOGO, PNG_PHOTO])
+        html = html_part.get_content()
+        for image in images:
+            assert f'src="cid:{image["Content-ID"].strip("<>")}"' in html
+        assert "images/" not in html
+        text = message.get_body(preferencelist=("plain",))
+        assert text is not None
+        assert text.get_content_charset() == "utf-8"
+        plain = text.get_content()
+        assert "的通讯" in plain
+        assert "阅读全文 (https://example.com/news)" in plain
+    assert {str(m["To"]).split("<")[-1].rstrip(">") for m in sent} == set(smtpd.inbox.recipients)
