@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from lxml import etree
 
+from bulkmail.compose.message import text_part
 from bulkmail.compose.workers import MailFactory
 from bulkmail.errors import CampaignError, Location
 from bulkmail.models import Campaign, OutgoingMail, Recipient
@@ -605,13 +606,7 @@ def _read(recipient: Recipient, mail: OutgoingMail) -> _Mail:
             _walk(root, seen, (0, 0, 0), (255, 255, 255), None)
     # compat32: a few times faster than the default policy, and the raw values suffice.
     message = email.message_from_bytes(mail.data)
-    text = None
-    for part in message.walk():
-        if part.get_content_type() == "text/plain" and not part.get_filename():
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes):
-                text = payload.decode(part.get_content_charset() or "utf-8", "replace")
-            break
+    text = text_part(message)
     unsubscribe = re.findall(r"<([^>]+)>", re.sub(r"\s+", "", message.get("List-Unsubscribe", "")))
     return _Mail(recipient, mail.html, seen, text, unsubscribe)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.message
 import re
 import secrets
 from collections.abc import Iterable
@@ -424,3 +425,15 @@ def _unsubscribe_header(rendered: RenderedMail) -> str | None:
     if any(len(entry) > _MAX_LINE - 30 for entry in entries):
         raise ConfigError("the unsubscribe URL is too long for a mail header")
     return ", ".join(entries) or None
+
+
+def text_part(message: email.message.Message) -> str | None:
+    """The decoded text of a parsed mail's first text/plain part that is not an attachment
+    (None if it has none): what a reader of the plain-text alternative sees."""
+    for part in message.walk():
+        if part.get_content_type() == "text/plain" and not part.get_filename():
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                return payload.decode(part.get_content_charset() or "utf-8", "replace")
+            return None
+    return None

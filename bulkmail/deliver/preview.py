@@ -23,6 +23,7 @@ from typing import IO
 import jinja2
 
 from bulkmail.compose.images import rewrite_sources
+from bulkmail.compose.message import text_part
 from bulkmail.errors import ConfigError, Location
 from bulkmail.models import OutgoingMail
 from bulkmail.opening import Opened
@@ -109,14 +110,7 @@ pre { font: 14px/1.5 ui-monospace, monospace; white-space: pre-wrap;
 
 def text_view(mail: OutgoingMail) -> str:
     """The readable .html preview of a plain-text mail: its text part, escaped, in <pre>."""
-    message = email.message_from_bytes(mail.data)
-    text = ""
-    for part in message.walk():
-        if part.get_content_type() == "text/plain" and not part.get_filename():
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes):
-                text = payload.decode(part.get_content_charset() or "utf-8", "replace")
-            break
+    text = text_part(email.message_from_bytes(mail.data)) or ""
     return _TEXT_VIEW.render(mail=mail, text=text.replace("\r\n", "\n"))
 
 
