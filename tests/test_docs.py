@@ -26,9 +26,9 @@ def test_every_command_has_help_with_an_example(name: str) -> None:
 
 def test_readme_starts_with_the_two_commands() -> None:
     blocks = re.findall(r"```sh\n(.*?)\n```", (ROOT / "README.md").read_text("utf-8"), re.S)
-    venv = "python3 -m venv .venv && .venv/bin/python -m pip install"
-    assert blocks[0] == f"{venv} . && .venv/bin/bulkmail run campaigns/june.yaml --dry-run"
-    assert blocks[1] == f"{venv} -e '.[test]' && .venv/bin/python -m pytest"
+    venv = "python3 -m venv .venv && . .venv/bin/activate && python3 -m pip install"
+    assert blocks[0] == f"{venv} . && bulkmail run campaigns/june.yaml --dry-run"
+    assert blocks[1] == f"{venv} -e '.[test]' && python3 -m pytest"
 
 
 def test_ci_runs_readmes_test_command() -> None:
