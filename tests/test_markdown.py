@@ -177,6 +177,19 @@ def test_a_layout_of_ones_own_replaces_the_default(c: CampaignDir) -> None:
     assert 'width="600"' not in html
 
 
+def test_a_layout_without_content_is_an_error_naming_the_setting(c: CampaignDir) -> None:
+    c.template("bare.html", "<!doctype html><html><body><p>Nothing here</p></body></html>\n")
+    c.write(layout="../templates/bare.html")
+
+    result = runner.invoke(app, ["check", "campaigns/test.yaml"])
+
+    assert result.exit_code == 1
+    assert "test.yaml:" in result.output
+    assert "layout" in result.output
+    assert "has no {{ content }}" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_real_send_delivers_markdown_mails(
     c: CampaignDir, smtpd: Server, tls: TLSPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,7 +19,7 @@ from bulkmail.compose.attachments import check_filename, locate
 from bulkmail.compose.inline import Inliner, PremailerInliner
 from bulkmail.compose.skeleton import MARKERS, SkeletonInliner, Slotted, finalize
 from bulkmail.compose.textpart import html_to_text
-from bulkmail.errors import Location, TemplateError
+from bulkmail.errors import Location, TemplateError, display_path
 from bulkmail.models import AttachmentSpec, Campaign, Recipient, RenderedMail
 
 _LINE_BREAK = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
@@ -109,6 +109,7 @@ class Templates:
             layout_file = campaign.layout or md.default_layout()
             layout_env = _environment([layout_file.parent], html=True)
             layout = _compiled_file(layout_env, layout_file, [layout_file.parent], files)
+            _check_layout(layout_env, layout_file, campaign.location("layout"))
         text = None
         if campaign.text_template:
             text = _compiled_file(text_env, campaign.text_template, folders, files)
@@ -417,3 +418,14 @@ def _no_text(html: str) -> str:
 
 def _is_template(text: str) -> bool:
     return "{{" in text or "{%" in text
+
+
+def _check_layout(env: jinja2.Environment, path: Path, setting: Location) -> None:
+    """A layout must place the Markdown body: without ``{{ content }}`` every mail would
+    go out with the layout alone."""
+    source = path.read_text("utf-8")
+    if "content" not in jinja2.meta.find_undeclared_variables(env.parse(source)):
+        raise TemplateError(
+            f"{display_path(path)} has no {{{{ content }}}}: the Markdown body has nowhere to go",
+            where=setting,
+        )
