@@ -7,6 +7,7 @@ Shared by the test files, which never import each other.
 
 from __future__ import annotations
 
+import email
 import random
 import textwrap
 from email import policy
@@ -248,3 +249,22 @@ def make_mail(index: int, to: str | None = None, *, sender: str = SENDER) -> Out
         attachments=(),
         smtputf8=smtputf8,
     )
+
+
+def parse_mail(data: bytes) -> EmailMessage:
+    """A mail's bytes as the email package's modern API reads them."""
+    message = email.message_from_bytes(data, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def preview_mails(c: CampaignDir) -> list[EmailMessage]:
+    """``bulkmail run campaigns/test.yaml --dry-run`` in the campaign's root (the working
+    directory), and every .eml it wrote, parsed, in list order."""
+    from typer.testing import CliRunner
+
+    from bulkmail.cli.app import app
+
+    result = CliRunner().invoke(app, ["run", "campaigns/test.yaml", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    return [parse_mail(p.read_bytes()) for p in sorted((c.root / "previews").glob("*.eml"))]

@@ -6,14 +6,12 @@ show the images; through check, --dry-run and a real send."""
 
 from __future__ import annotations
 
-import email
 import re
-from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from builders import CampaignDir, smtp_settings
+from builders import CampaignDir, preview_mails, smtp_settings
 from conftest import PASSWORD, PASSWORD_ENV, Server, TLSPair
 from typer.testing import CliRunner
 
@@ -54,12 +52,6 @@ def c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CampaignDir:
     return campaign
 
 
-def parse(data: bytes) -> EmailMessage:
-    message = email.message_from_bytes(data, policy=policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
-
-
 def shape(part: EmailMessage) -> object:
     """The MIME tree as nested (type, [children]) / type."""
     if part.is_multipart():
@@ -74,12 +66,6 @@ def related(message: EmailMessage) -> EmailMessage:
     part = found[0]
     assert isinstance(part, EmailMessage)
     return part
-
-
-def dry_run(c: CampaignDir) -> list[EmailMessage]:
-    result = runner.invoke(app, ["run", "campaigns/test.yaml", "--dry-run"])
-    assert result.exit_code == 0, result.output
-    return [parse(p.read_bytes()) for p in sorted((c.root / "previews").glob("*.eml"))]
 
 
 def check_embedded(message: EmailMessage) -> dict[str, bytes]:
@@ -118,7 +104,7 @@ def test_check_builds_every_mail(c: CampaignDir) -> None:
 
 
 def test_dry_run_embeds_the_images_once_as_related_parts(c: CampaignDir) -> None:
-    mails = dry_run(c)
+    mails = preview_mails(c)
 
     assert len(mails) == 3
     encoded = [check_embedded(m) for m in mails]
@@ -131,7 +117,7 @@ def test_dry_run_embeds_the_images_once_as_related_parts(c: CampaignDir) -> None
 
 
 def test_no_boundary_is_a_prefix_of_another(c: CampaignDir) -> None:
-    message = dry_run(c)[0]
+    message = preview_mails(c)[0]
 
     boundaries = [p.get_boundary() or "" for p in message.walk() if p.is_multipart()]
     assert len(boundaries) == 3
@@ -141,7 +127,7 @@ def test_no_boundary_is_a_prefix_of_another(c: CampaignDir) -> None:
 
 
 def test_the_html_preview_shows_the_image_files(c: CampaignDir) -> None:
-    dry_run(c)
+    preview_mails(c)
 
     page = sorted((c.root / "previews").glob("*.html"))[0].read_text("utf-8")
     logo = (c.templates / "images" / "logo.png").resolve().as_uri()
@@ -152,7 +138,7 @@ def test_the_html_preview_shows_the_image_files(c: CampaignDir) -> None:
 def test_base_url_does_not_stop_embedding(c: CampaignDir) -> None:
     c.write(base_url="https://example.com/news/")
 
-    check_embedded(dry_run(c)[0])
+    check_embedded(preview_mails(c)[0])
 
 
 def test_a_real_send_delivers_the_images(
@@ -173,7 +159,7 @@ def test_a_real_send_delivers_the_images(
 def test_images_link_keeps_urls(c: CampaignDir) -> None:
     c.write(images="link", base_url="https://example.com/news/")
 
-    message = dry_run(c)[0]
+    message = preview_mails(c)[0]
 
     assert not [p for p in message.walk() if p.get_content_type() == "multipart/related"]
     html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
@@ -218,7 +204,7 @@ def test_a_bad_image_is_a_one_line_error_naming_the_template_line(
 def test_a_per_recipient_src_is_left_a_url(c: CampaignDir) -> None:
     c.template("issue.html", HTML.replace("images/photo.png", "images/{{ city }}.png"))
 
-    html = dry_run(c)[0].get_body(("html",)).get_content()  # type: ignore[union-attr]
+    html = preview_mails(c)[0].get_body(("html",)).get_content()  # type: ignore[union-attr]
 
     assert 'src="images/Lyon.png"' in html
     assert html.count('src="cid:') == 2
@@ -236,7 +222,7 @@ def test_a_markdown_image_is_embedded(c: CampaignDir) -> None:
     c.template("issue.md", "# Hi {{ first_name }}\n\n![logo](images/logo.png)\n")
     c.write(template=None, markdown="../templates/issue.md", attachments=None)
 
-    message = dry_run(c)[0]
+    message = preview_mails(c)[0]
 
     html_part, image = list(related(message).iter_parts())
     assert image.get_content() == PNG_LOGO
@@ -268,7 +254,7 @@ def test_a_chinese_markdown_newsletter_with_two_images_and_a_pdf(
     c.write(template=None, markdown="../templates/issue.md", smtp=smtp_settings(smtpd, tls))
     assert check_campaign(c.root / "campaigns" / "test.yaml").mails == 3
 
-    previews = dry_run(c)
+    previews = preview_mails(c)
     result = runner.invoke(app, ["run", "campaigns/test.yaml", "--yes"])
 
     assert result.exit_code == 0, result.output

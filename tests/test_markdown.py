@@ -5,13 +5,11 @@ the text part from the Markdown itself; through check, --dry-run and a real send
 
 from __future__ import annotations
 
-import email
-from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from builders import CampaignDir, smtp_settings
+from builders import CampaignDir, preview_mails, smtp_settings
 from conftest import PASSWORD, PASSWORD_ENV, Server, TLSPair
 from typer.testing import CliRunner
 
@@ -66,12 +64,6 @@ def c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CampaignDir:
     return campaign
 
 
-def parse(data: bytes) -> EmailMessage:
-    message = email.message_from_bytes(data, policy=policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
-
-
 def parts(message: EmailMessage) -> tuple[str, str]:
     """The text and HTML parts, checked to be utf-8 alternatives."""
     found = {}
@@ -81,12 +73,6 @@ def parts(message: EmailMessage) -> tuple[str, str]:
             assert isinstance(part, EmailMessage)
             found[part.get_content_type()] = part.get_content().replace("\r\n", "\n")
     return found["text/plain"], found["text/html"]
-
-
-def dry_run(c: CampaignDir) -> list[EmailMessage]:
-    result = runner.invoke(app, ["run", "campaigns/test.yaml", "--dry-run"])
-    assert result.exit_code == 0, result.output
-    return [parse(p.read_bytes()) for p in sorted((c.root / "previews").glob("*.eml"))]
 
 
 def test_check_builds_every_mail_with_no_warning(c: CampaignDir) -> None:
@@ -99,7 +85,7 @@ def test_check_builds_every_mail_with_no_warning(c: CampaignDir) -> None:
 def test_the_html_part_is_commonmark_in_the_default_layout_with_css_inlined(
     c: CampaignDir,
 ) -> None:
-    alice = dry_run(c)[0]
+    alice = preview_mails(c)[0]
 
     assert alice.get_content_type() == "multipart/alternative"
     _, html = parts(alice)
@@ -116,7 +102,7 @@ def test_the_html_part_is_commonmark_in_the_default_layout_with_css_inlined(
 
 
 def test_the_text_part_is_the_markdown_as_text(c: CampaignDir) -> None:
-    text, _ = parts(dry_run(c)[0])
+    text, _ = parts(preview_mails(c)[0])
 
     assert text == (
         "The June issue\n\n"
@@ -130,7 +116,7 @@ def test_the_text_part_is_the_markdown_as_text(c: CampaignDir) -> None:
 
 
 def test_a_csv_value_cannot_inject_markdown_links_or_html(c: CampaignDir) -> None:
-    text, html = parts(dry_run(c)[1])
+    text, html = parts(preview_mails(c)[1])
 
     assert "evil.example" not in html.replace(
         "[win a prize](https://evil.example)", ""
@@ -149,7 +135,7 @@ def test_a_chinese_markdown_newsletter_with_a_pdf(c: CampaignDir) -> None:
     c.file("files/guide.pdf", b"%PDF-1.4 test\n")
     c.write(attachments=["files/guide.pdf"], data={"month": "六月"})
 
-    wang = dry_run(c)[2]
+    wang = preview_mails(c)[2]
 
     assert wang.get_content_type() == "multipart/mixed"
     kinds = [p.get_content_type() for p in wang.iter_parts()]
@@ -169,7 +155,7 @@ def test_a_layout_of_ones_own_replaces_the_default(c: CampaignDir) -> None:
     )
     c.write(layout="../templates/mine.html")
 
-    _, html = parts(dry_run(c)[0])
+    _, html = parts(preview_mails(c)[0])
 
     assert 'style="color:#123456"' in html
     assert "The June issue</h1>" in html

@@ -4,13 +4,11 @@ that is plainly not HTML (no tags, or mailmerge header lines) is a warning at it
 
 from __future__ import annotations
 
-import email
-from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from builders import CampaignDir, people, smtp_settings
+from builders import CampaignDir, parse_mail, people, smtp_settings
 from conftest import PASSWORD, PASSWORD_ENV, Server, TLSPair
 from typer.testing import CliRunner
 
@@ -36,12 +34,6 @@ def c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CampaignDir:
     campaign.template("issue.txt", TEXT)
     campaign.write(template=None, text_template="../templates/issue.txt")
     return campaign
-
-
-def parse(data: bytes) -> EmailMessage:
-    message = email.message_from_bytes(data, policy=policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
 
 
 def expected(first_name: str, city: str) -> str:
@@ -83,8 +75,8 @@ def test_dry_run_writes_one_text_part_per_mail_and_a_readable_view(c: CampaignDi
     out = c.root / "previews"
     emls = sorted(out.glob("*.eml"))
     assert len(emls) == 3
-    assert_text_only(parse(emls[0].read_bytes()), "Alice", "Lyon")
-    chinese = parse(emls[2].read_bytes())
+    assert_text_only(parse_mail(emls[0].read_bytes()), "Alice", "Lyon")
+    chinese = parse_mail(emls[2].read_bytes())
     assert_text_only(chinese, "小明", "杭州")
     assert chinese["Content-Transfer-Encoding"] == "quoted-printable"
     ascii_mail = emls[0].read_bytes()
@@ -117,7 +109,7 @@ def test_attachments_stay_in_multipart_mixed(c: CampaignDir) -> None:
     result = runner.invoke(app, ["run", "campaigns/test.yaml", "--dry-run"])
 
     assert result.exit_code == 0, result.output
-    message = parse(sorted((c.root / "previews").glob("*.eml"))[1].read_bytes())
+    message = parse_mail(sorted((c.root / "previews").glob("*.eml"))[1].read_bytes())
     assert message.get_content_type() == "multipart/mixed"
     parts = [p.get_content_type() for p in message.iter_parts()]
     assert parts == ["text/plain", "application/pdf"]
