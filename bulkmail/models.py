@@ -78,6 +78,42 @@ class Rate:
     text: str = "unlimited"  # as the user wrote it, e.g. "5 per second"
 
 
+MailboxProtocol = Literal["imap", "pop3"]
+
+
+@dataclass(frozen=True)
+class InboxSettings:
+    """The mailbox that bounces, complaints and unsubscribe requests come back to (the
+    campaign's `inbox:`): read over IMAP or POP3, TLS verified as for SMTP. The password
+    itself is never stored here: it comes from ``password_env`` or a prompt."""
+
+    protocol: MailboxProtocol
+    host: str
+    port: int
+    username: str
+    security: Security = "ssl"
+    password_env: str | None = None
+    folder: str = "INBOX"  # IMAP only: POP3 has one mailbox
+    timeout: float = 30.0
+    ca_file: Path | None = None
+    allow_plaintext_auth: bool = False
+
+    @property
+    def identity(self) -> str:
+        """Names this mailbox in the suppression store's record of processed messages."""
+        return f"{self.protocol}://{self.username}@{self.host}:{self.port}/{self.folder}"
+
+
+# What a message that came back is (feedback/classify.py): a permanent or temporary
+# delivery failure, a delay notice, a spam complaint (ARF), an unsubscribe request, an
+# automatic reply (vacation, RFC 3834), or anything else (a person's reply).
+FeedbackKind = Literal[
+    "hard_bounce", "soft_bounce", "delayed", "complaint", "unsubscribe", "auto_reply", "other"
+]
+# Why an address is on the suppression list.
+SuppressionReason = Literal["hard_bounce", "soft_bounces", "complaint", "unsubscribe", "manual"]
+
+
 @dataclass(frozen=True)
 class AttachmentSpec:
     """One attachment entry of the campaign; ``path`` may be a Jinja template.
