@@ -40,7 +40,8 @@ MAX_LOCAL_PART = 64  # octets (RFC 5321 4.5.3.1.1)
 TOKEN_ROOM = len(SEPARATOR) + TOKEN_LENGTH
 MAX_LINE = 2 ** (8 * LINE_BYTES) - 1
 _DOMAIN = b"bulkmail VERP v1\0"  # keeps these MACs apart from any other use of the secret
-# A dot-atom local part (RFC 5322) in ASCII: no quoting, nothing an MTA might rewrite.
+# A dot-atom local part (RFC 5322) in ASCII, without the separator: no quoting, nothing an
+# MTA might rewrite.
 _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*/=?^_`{|}~-]+)*")
 _HOSTNAME = re.compile(
     r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
@@ -83,13 +84,14 @@ def load_secret(path: Path) -> bytes:
 
 def _read_secret(path: Path) -> bytes:
     with path.open("rb") as file:
-        data = file.read(SECRET_BYTES + 1)
+        size = os.fstat(file.fileno()).st_size
+        data = file.read(SECRET_BYTES + 1)  # never more: a wrong file may be huge
     if len(data) != SECRET_BYTES:
         raise _secret_error(
             path,
-            f"the VERP key is {len(data)} bytes, not {SECRET_BYTES}: it is damaged or not a "
-            "bulkmail key; restore it from a backup, or delete it (bounces of mails already "
-            "sent will then not be recognised)",
+            f"the VERP key is {max(size, len(data))} bytes, not {SECRET_BYTES}: it is damaged "
+            "or not a bulkmail key; restore it from a backup, or delete it (bounces of mails "
+            "already sent will then not be recognised)",
         )
     _owner_only(path)
     return data
@@ -164,13 +166,13 @@ def return_path_problem(address: str) -> str | None:
         return f"{address!r}: not an address (local@domain)"
     if not address.isascii():
         return f"{address!r}: must be ASCII (the envelope sender of every mail is made from it)"
-    if not _LOCAL_PART.fullmatch(local) or not _HOSTNAME.fullmatch(domain.removesuffix(".")):
-        return f"{address!r}: must be a plain address such as bounces@example.com"
     if SEPARATOR in local:
         return (
             f"{address!r}: has a {SEPARATOR}detail already; give the plain address: each "
             f"mail's token goes after its {SEPARATOR}"
         )
+    if not _LOCAL_PART.fullmatch(local) or not _HOSTNAME.fullmatch(domain.removesuffix(".")):
+        return f"{address!r}: must be a plain address such as bounces@example.com"
     if len(local) + TOKEN_ROOM > MAX_LOCAL_PART:
         return (
             f"{address!r}: the part before @ is too long to carry a token (at most "
