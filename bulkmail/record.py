@@ -87,7 +87,7 @@ class Recorder:
             self.journal.begin_batch()
             self.journal.set_meta("fingerprint", json.dumps(self._fingerprint, sort_keys=True))
             self._fingerprint = None
-        self.journal.sending(mail.recipient, mail.message_id)
+        self.journal.sending(mail.recipient, mail.message_id, mail.sender)
 
     def record(self, mail: OutgoingMail, outcome: Outcome, *, was: Status) -> None:
         """Record what became of ``mail``, marked before; ``was``: its status before."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bulkmail.errors import CampaignError, DeliveryError, Location
 from bulkmail.journal.sqlite import Entry, Summary
-from bulkmail.models import Attachment, Campaign, Recipient, Skipped
+from bulkmail.models import Attachment, Campaign, FeedbackKind, Recipient, Skipped
 
 
 @dataclass(frozen=True)
@@ -199,8 +199,73 @@ class CampaignStatus:
             "started": iso_time(summary.started) if summary else None,
             "last_sent": iso_time(summary.last_sent) if summary else None,
             "rate_per_second": round(summary.rate, 3) if summary and summary.rate else None,
+            "feedback": dict(summary.feedback) if summary else {},
             "failed": [_entry_dict(e) for e in self.failed],
             "uncertain": [_entry_dict(e) for e in self.uncertain],
+        }
+
+
+@dataclass(frozen=True)
+class Handled:
+    """One message read from the mailbox, and what bulkmail did with it."""
+
+    uid: str
+    kind: FeedbackKind
+    reason: str  # what the message is, e.g. "hard bounce 5.1.1 (user unknown)"
+    action: str  # what was done: "suppressed", "counted", "not ours: ...", ...
+    address: str | None = None  # whom it concerns, when known
+    campaign: str | None = None  # whose mail it answers, when known
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "uid": self.uid,
+            "kind": self.kind,
+            "reason": self.reason,
+            "action": self.action,
+            "address": self.address,
+            "campaign": self.campaign,
+        }
+
+
+@dataclass
+class InboxReport:
+    """What `bulkmail inbox` found in the mailbox and did (or, dry, would do)."""
+
+    campaign: Campaign
+    mailbox: str  # InboxSettings.identity
+    dry_run: bool = False
+    counts: dict[str, int] = field(default_factory=dict)  # messages per FeedbackKind
+    suppressed: int = 0  # addresses newly put on the suppression list
+    unmatched: int = 0  # bounces and complaints about no mail sent from this folder
+    already: int = 0  # messages handled by an earlier run, passed over
+    deleted: int = 0
+    handled: list[Handled] = field(default_factory=list)  # the first MAX_SHOWN of them
+
+    MAX_SHOWN = 200
+
+    @property
+    def messages(self) -> int:
+        """New messages read in this run."""
+        return sum(self.counts.values())
+
+    def note(self, handled: Handled) -> None:
+        self.counts[handled.kind] = self.counts.get(handled.kind, 0) + 1
+        if len(self.handled) < self.MAX_SHOWN:
+            self.handled.append(handled)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready (``bulkmail inbox --json``)."""
+        return {
+            "campaign": self.campaign.name,
+            "mailbox": self.mailbox,
+            "dry_run": self.dry_run,
+            "messages": self.messages,
+            "counts": dict(self.counts),
+            "suppressed": self.suppressed,
+            "unmatched": self.unmatched,
+            "already_processed": self.already,
+            "deleted": self.deleted,
+            "handled": [h.to_dict() for h in self.handled],
         }
 
 

@@ -31,7 +31,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -41,7 +41,9 @@ from bulkmail.errors import JournalError, Location, display_path
 from bulkmail.models import Recipient, Status, address_key
 from bulkmail.opening import Opened
 
-SCHEMA_VERSION = 2  # 2: keys compare whole addresses case-insensitively; meta names the campaign
+# 2: keys compare whole addresses case-insensitively; meta names the campaign.
+# 3: each row's envelope sender, and what came back (bounced, complained, unsubscribed).
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT = 10.0  # seconds to wait while another connection (a `status`) holds the file
 _TABLES = [
     """CREATE TABLE meta (
@@ -59,9 +61,14 @@ _TABLES = [
     reply TEXT,                        -- ... and text, or why it was skipped
     message_id TEXT,
     first_attempt REAL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    envelope_from TEXT,                -- MAIL FROM: the VERP address, with return_path
+    feedback TEXT,                     -- what came back: FEEDBACK below
+    feedback_detail TEXT,              -- ... its status code and diagnostic, or report
+    feedback_at REAL
 )""",
     "CREATE INDEX recipients_status ON recipients (status)",
+    "CREATE INDEX recipients_message_id ON recipients (message_id)",
     """CREATE TABLE runs (
     id INTEGER PRIMARY KEY,
     started REAL NOT NULL,
@@ -70,6 +77,16 @@ _TABLES = [
 )""",
 ]
 _TABLE_NAMES = {"meta", "recipients", "runs"}
+# What `bulkmail inbox` found came back for a row's mail, strongest last: a complaint
+# outranks everything, and a soft bounce never hides a hard one.
+FEEDBACK = ("soft-bounced", "bounced", "unsubscribed", "complained")
+_SCHEMA_3 = [
+    "ALTER TABLE recipients ADD COLUMN envelope_from TEXT",
+    "ALTER TABLE recipients ADD COLUMN feedback TEXT",
+    "ALTER TABLE recipients ADD COLUMN feedback_detail TEXT",
+    "ALTER TABLE recipients ADD COLUMN feedback_at REAL",
+    "CREATE INDEX recipients_message_id ON recipients (message_id)",
+]
 # When rows merge (two spellings of one address), the one that got furthest wins: nobody
 # already mailed, or perhaps mailed, is mailed again.
 _PRECEDENCE = {
@@ -104,6 +121,9 @@ class Entry:
     message_id: str | None
     first_attempt: float | None
     updated: float
+    envelope_from: str | None = None
+    feedback: str | None = None  # one of FEEDBACK
+    feedback_detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,7 @@ class Summary:
     started: float | None
     last_sent: float | None
     rate: float | None  # accepted mails per second while runs were going
+    feedback: dict[str, int] = field(default_factory=dict)  # rows per FEEDBACK kind
 
     @property
     def total(self) -> int:
@@ -282,6 +303,8 @@ class Journal(Opened):
         db.execute("PRAGMA journal_mode=WAL")
         if version == 1:
             self._migrate_from_1()
+        if version <= 2:
+            self._migrate_to_3()
         named = self.get_meta("campaign")
         if named is None:
             raise JournalError(
@@ -325,6 +348,15 @@ class Journal(Opened):
             merged.values(),
         )
         db.execute("INSERT INTO meta (key, value) VALUES ('campaign', ?)", (self.campaign,))
+        db.execute("PRAGMA user_version = 2")
+        db.execute("COMMIT")
+
+    def _migrate_to_3(self) -> None:
+        """Schema 3 adds columns (empty for the rows of earlier runs) and an index."""
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA_3:
+            db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
 
@@ -424,12 +456,14 @@ class Journal(Opened):
 
     @_translated
     def status_of(self, key: str) -> Entry | None:
-        row = self._conn.execute(f"SELECT {_COLUMNS} FROM recipients WHERE key = ?", (key,))
+        row = self._conn.execute(f"SELECT {_ALL} FROM recipients WHERE key = ?", (key,))
         found = row.fetchone()
         return None if found is None else _entry(found)
 
     @_translated
-    def sending(self, recipient: Recipient, message_id: str) -> None:
+    def sending(
+        self, recipient: Recipient, message_id: str, envelope_from: str | None = None
+    ) -> None:
         """Mark a recipient as being sent, and commit (with any outcome recorded before).
 
         The commit is synced to disk before this returns: only then may the message go.
@@ -438,9 +472,9 @@ class Journal(Opened):
         now = time.time()
         self._conn.execute(
             "UPDATE recipients SET status = 'sending', attempts = attempts + 1, "
-            "message_id = ?, first_attempt = COALESCE(first_attempt, ?), updated = ? "
-            "WHERE key = ?",
-            (message_id, now, now, recipient.key),
+            "message_id = ?, envelope_from = ?, first_attempt = COALESCE(first_attempt, ?), "
+            "updated = ? WHERE key = ?",
+            (message_id, envelope_from, now, now, recipient.key),
         )
         self._conn.execute("COMMIT")
 
@@ -485,9 +519,48 @@ class Journal(Opened):
         if self._conn.in_transaction:
             self._conn.execute("COMMIT")
 
+    @_translated
+    def entry_at_line(self, line: int) -> Entry | None:
+        """The row of CSV line ``line`` (as of the latest run)."""
+        found = self._conn.execute(
+            f"SELECT {_ALL} FROM recipients WHERE line = ? LIMIT 1", (line,)
+        ).fetchone()
+        return None if found is None else _entry(found)
+
+    @_translated
+    def entry_for_message(self, message_id: str) -> Entry | None:
+        """The row whose mail had this Message-ID (``<...>``, compared as written)."""
+        found = self._conn.execute(
+            f"SELECT {_ALL} FROM recipients WHERE message_id = ? LIMIT 1", (message_id,)
+        ).fetchone()
+        return None if found is None else _entry(found)
+
+    @_translated
+    def note_feedback(self, key: str, feedback: str, detail: str) -> bool:
+        """Record what came back for a row's mail (one of FEEDBACK), unless something
+        stronger came back before; committed at once. False if there is no such row.
+
+        Meant for `bulkmail inbox`, which may run while a send writes the journal: the
+        write lock is taken first, so the row read is the row updated.
+        """
+        if not self._conn.in_transaction:
+            self._conn.execute("BEGIN IMMEDIATE")
+        row = self._conn.execute("SELECT feedback FROM recipients WHERE key = ?", (key,))
+        found = row.fetchone()
+        if found is not None and (
+            found[0] is None or FEEDBACK.index(found[0]) <= FEEDBACK.index(feedback)
+        ):
+            self._conn.execute(
+                "UPDATE recipients SET feedback = ?, feedback_detail = ?, feedback_at = ? "
+                "WHERE key = ?",
+                (feedback, detail, time.time(), key),
+            )
+        self._conn.execute("COMMIT")
+        return found is not None
+
     def entries(self, *statuses: Status) -> Iterator[Entry]:
         """Recipients with one of ``statuses`` (all if none), in list order."""
-        query = f"SELECT {_COLUMNS} FROM recipients"
+        query = f"SELECT {_ALL} FROM recipients"
         if statuses:
             query += f" WHERE status IN ({', '.join('?' * len(statuses))})"
         try:
@@ -516,7 +589,12 @@ class Journal(Opened):
             "), r.started) - r.started) FROM runs AS r"
         ).fetchone()[0]
         rate = counts[Status.ACCEPTED] / busy if busy and counts[Status.ACCEPTED] else None
-        return Summary(counts, runs, started, last, rate)
+        feedback = dict.fromkeys(FEEDBACK, 0)
+        for kind, count in db.execute(
+            "SELECT feedback, COUNT(*) FROM recipients WHERE feedback IS NOT NULL GROUP BY 1"
+        ):
+            feedback[str(kind)] = count
+        return Summary(counts, runs, started, last, rate, feedback)
 
 
 # --- the file and its errors -------------------------------------------------------------------
@@ -623,10 +701,13 @@ def _sqlite_error(path: Path, exc: sqlite3.Error) -> JournalError:
 _COLUMNS = (
     "key, email, line, fields, status, attempts, code, reply, message_id, first_attempt, updated"
 )
+_COLUMNS_3 = "envelope_from, feedback, feedback_detail"
+_ALL = f"{_COLUMNS}, {_COLUMNS_3}"
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
-    key, email, line, fields, status, attempts, code, reply, message_id, first, updated = row
+    key, email, line, fields, status, attempts, code, reply, message_id, first, updated = row[:11]
+    envelope_from, feedback, feedback_detail = row[11:] if len(row) > 11 else (None,) * 3
     return Entry(
         key=str(key),
         email=str(email),
@@ -639,4 +720,7 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         message_id=message_id,
         first_attempt=first,
         updated=float(updated),
+        envelope_from=envelope_from,
+        feedback=feedback,
+        feedback_detail=feedback_detail,
     )
