@@ -2,11 +2,12 @@
 counted (check), written (preview) or sent.
 
 `Builder.load` does everything that can fail before the first row: it compiles every
-template, reads and encodes the shared attachments and reads the suppression list, once
-per run. Then each pass over the list (`Builder.mails`) reads the CSV afresh (it may have
-changed since the preflight) and yields the mails in list order, built in this process or
-in worker processes (see compose/workers.py); what the pass met (counts, skipped rows,
-problems) is in its `BuildResult`, filled as the mails go by.
+template, reads and encodes the shared attachments and reads the suppression lists (the
+campaign's CSV and the store `bulkmail inbox` fills), once per run. Then each pass over
+the list (`Builder.mails`) reads the CSV afresh (it may have changed since the preflight)
+and yields the mails in list order, built in this process or in worker processes (see
+compose/workers.py); what the pass met (counts, skipped rows, problems) is in its
+`BuildResult`, filled as the mails go by.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +23,11 @@ from pathlib import Path
 from bulkmail.compose.workers import Built, MailFactory, build_in_order, default_workers
 from bulkmail.deliverability import Linter
 from bulkmail.errors import CampaignError, ConfigError, Location, PreflightError, RecipientError
+from bulkmail.feedback import verp
+from bulkmail.feedback.store import Suppression, SuppressionStore
 from bulkmail.load.recipients import iter_recipients, load_suppressed
 from bulkmail.models import (
+    VERP_KEY_FILE,
     Attachment,
     Campaign,
     Event,
@@ -30,6 +35,7 @@ from bulkmail.models import (
     OutgoingMail,
     Recipient,
     Skipped,
+    address_key,
 )
 
 MAX_PROBLEMS = 20
@@ -134,20 +140,26 @@ class Builder:
 
     campaign: Campaign
     factory: MailFactory
-    suppressed: frozenset[str]
+    # Address keys not to mail, and why (shown with each row skipped).
+    suppressed: dict[str, str]
+    return_paths: ReturnPaths | None = None
 
     @classmethod
     def load(cls, campaign: Campaign) -> Builder:
         """Compile and read everything the mails are made of; raise what is wrong."""
         factory = MailFactory.load(campaign)
-        suppressed = frozenset[str]()
+        suppressed: dict[str, str] = {}
         if campaign.suppress:
-            suppressed = load_suppressed(
+            keys = load_suppressed(
                 campaign.suppress,
                 delimiter=campaign.suppress_delimiter,
                 allow_special_domains=campaign.allow_special_domains,
             )
-        return cls(campaign, factory, suppressed)
+            suppressed = dict.fromkeys(keys, "")
+        with SuppressionStore(campaign.store_path, create=False) as store:
+            for entry in store.entries():
+                suppressed.setdefault(address_key(entry.email), _why(entry))
+        return cls(campaign, factory, suppressed, ReturnPaths.load(campaign))
 
     @property
     def template_files(self) -> list[Path]:
@@ -190,7 +202,7 @@ class Builder:
             result.lint = Linter(self.factory)
         rows = self._rows(result, limit, total, select, on_event)
         built = build_in_order(self.factory, rows, workers=workers, content=content)
-        return Build(_counted(built, result, total, on_event), result)
+        return Build(_counted(built, result, total, on_event, self.return_paths), result)
 
     def check(
         self,
@@ -221,8 +233,9 @@ class Builder:
         )
         tester = dataclasses.replace(recipient, email=to, name="")
         mail = self.factory.builder.build(1, tester, rendered)
-        # Its Cc header shows who the copies go to, but a test goes to the tester only.
-        return dataclasses.replace(mail, copies=())
+        # Its Cc header shows who the copies go to, but a test goes to the tester only;
+        # its bounce is nobody's on the list (no VERP token).
+        return dataclasses.replace(mail, copies=(), sender=self.campaign.return_path or mail.sender)
 
     def _nth_recipient(self, row: int) -> Recipient:
         campaign = self.campaign
@@ -275,17 +288,54 @@ class Builder:
                     yield index, row
 
 
+@dataclass(frozen=True)
+class ReturnPaths:
+    """Each mail's own envelope sender (VERP): ``bounces+<token>@example.com``, where the
+    token names the campaign and the row and carries a MAC, so a bounce to it says whose
+    mail bounced and can't be forged (feedback/verp.py)."""
+
+    address: str
+    campaign: str
+    secret: bytes = field(repr=False)
+
+    @classmethod
+    def load(cls, campaign: Campaign) -> ReturnPaths | None:
+        """The campaign's return path with its key (made on first use), or None."""
+        if campaign.return_path is None:
+            return None
+        if campaign.return_path_secret_env is not None:
+            secret = verp.secret_from_env(campaign.return_path_secret_env)
+        else:
+            secret = verp.load_secret(campaign.journal_dir / VERP_KEY_FILE)
+        return cls(campaign.return_path, campaign.name, secret)
+
+    def of(self, recipient: Recipient) -> str:
+        return verp.make_address(
+            self.address, self.secret, campaign=self.campaign, line=recipient.line,
+            key=recipient.key,
+        )  # fmt: skip
+
+
+def _why(entry: Suppression) -> str:
+    """A store entry as the skipped row shows it: "complaint, 2026-06-02, june"."""
+    day = time.strftime("%Y-%m-%d", time.gmtime(entry.added))
+    return ", ".join(filter(None, [entry.reason.replace("_", " "), day, entry.campaign]))
+
+
 def _counted(
     built: Iterator[tuple[Recipient, Built]],
     result: BuildResult,
     total: int | None,
     on_event: OnEvent | None,
+    return_paths: ReturnPaths | None = None,
 ) -> Iterator[OutgoingMail]:
     """The mails built, counted in ``result``; the problems of the others noted there."""
     for recipient, mail in built:
         if isinstance(mail, CampaignError):
             result.problems.add(mail, recipient.line)
             continue
+        if return_paths is not None:
+            mail = dataclasses.replace(mail, sender=return_paths.of(recipient))
         result.count_built(mail)
         if result.lint is not None:
             result.lint.note(recipient, mail)

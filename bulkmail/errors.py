@@ -155,6 +155,10 @@ class RecipientRefused(DeliveryError):
         self.permanent = permanent
 
 
+class MailboxError(DeliveryError):
+    """The mailbox bounces come back to can't be read: unreachable, TLS, login, folder."""
+
+
 class JournalError(BulkmailError):
     """The journal cannot be opened or written: locked, busy, or from a newer bulkmail."""
 

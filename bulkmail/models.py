@@ -15,6 +15,15 @@ from bulkmail.errors import Location
 Security = Literal["ssl", "starttls", "none"]
 
 DEFAULT_PORTS: dict[str, int] = {"ssl": 465, "starttls": 587, "none": 25}
+# Mailbox ports by protocol and security.
+MAILBOX_PORTS: dict[str, dict[str, int]] = {
+    "imap": {"ssl": 993, "starttls": 143, "none": 143},
+    "pop3": {"ssl": 995, "starttls": 110, "none": 110},
+}
+# The suppression store every campaign of a folder shares, in its journal folder.
+STORE_FILE = "suppressions.db"
+# The key of the VERP tokens (feedback/verp.py) when return_path names no variable for it.
+VERP_KEY_FILE = "verp.key"
 
 
 @dataclass(frozen=True)
@@ -197,12 +206,28 @@ class Campaign:
     bcc: tuple[str, ...] = ()
     # "embed": local <img> files go inside each mail (multipart/related); "link": URLs.
     images: str = "embed"
+    # The envelope sender (MAIL FROM), where bounces go: each mail gets its own VERP
+    # address of it (bounces+<token>@...), so a bounce names the row it came from; the
+    # token's key comes from this environment variable (None: a key file in journal_dir).
+    return_path: str | None = None
+    return_path_secret_env: str | None = None
+    # The mailbox `bulkmail inbox` reads bounces, complaints and unsubscribes from.
+    inbox: InboxSettings | None = None
+    # The suppression store this campaign skips and `inbox` fills (None: the one shared
+    # by the campaigns of this folder, in journal_dir); soft bounces that suppress.
+    suppression_store: Path | None = None
+    soft_bounce_limit: int = 3
     # Where each top-level setting was written, for error messages.
     where: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
     def location(self, key: str) -> Location:
         """Where ``key`` stands in the campaign file (the file itself if unknown)."""
         return self.where.get(key, Location(self.path, field=key))
+
+    @property
+    def store_path(self) -> Path:
+        """The suppression store: the campaign's own setting, else the folder's shared one."""
+        return self.suppression_store or self.journal_dir / STORE_FILE
 
     @property
     def text_only(self) -> bool:

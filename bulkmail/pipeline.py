@@ -98,7 +98,9 @@ def preview_campaign(
     campaign = as_campaign(campaign)
     builder = Builder.load(campaign)
     report = PreviewReport(campaign, out=(out or campaign.preview_out).resolve())
-    with PreviewTransport(report.out, name=campaign.name) as transport:
+    with PreviewTransport(
+        report.out, name=campaign.name, return_path=campaign.return_path is not None
+    ) as transport:
         mails = builder.mails(limit=limit, on_event=on_event, workers=workers, lint=True)
         for mail in mails:
             if mails.result.ok:  # once anything is wrong, only keep checking

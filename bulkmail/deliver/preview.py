@@ -75,7 +75,8 @@ browser, or the .eml in a mail client.</p>
 """)
 _ROW = _ENV.from_string("""<tr><td class="num" data-label="#">{{ mail.index }}</td>
 <td data-label="Recipient">{{ mail.recipient.name }}
-<div class="addr">{{ mail.recipient.email }}</div></td>
+<div class="addr">{{ mail.recipient.email }}</div>
+{%- if return_path %}<div class="addr">bounces to {{ mail.sender }}</div>{% endif %}</td>
 <td data-label="Subject"><a href="{{ stem }}.html">{{ mail.subject }}</a></td>
 <td data-label="Attachments">{% for a in mail.attachments %}
 {{- a.filename }} ({{ a.size | size }})<br>
@@ -134,9 +135,12 @@ class PreviewTransport(Opened):
     name stops with an error naming it.
     """
 
-    def __init__(self, out: Path, *, name: str) -> None:
+    def __init__(self, out: Path, *, name: str, return_path: bool = False) -> None:
         self.out = out
         self.name = name
+        # Each mail has its own envelope sender (VERP): shown in the index, and at the top
+        # of the .eml as the Return-Path the receiving server will put there.
+        self.return_path = return_path
         self.count = 0
         self.total = 0
         self._staging = out.parent / f".{out.name}.staging-{os.getpid()}"
@@ -177,8 +181,11 @@ class PreviewTransport(Opened):
             if mail.image_files:  # embedded in the .eml; the browser reads the files
                 view = rewrite_sources(view, dict(mail.image_files))
             self._write(f"{stem}.html", view.encode("utf-8"))
-            self._write(f"{stem}.eml", mail.data)
-            self._index.write(_ROW.render(mail=mail, stem=stem))
+            eml = mail.data
+            if self.return_path:
+                eml = b"Return-Path: <%s>\r\n%s" % (mail.sender.encode(), eml)
+            self._write(f"{stem}.eml", eml)
+            self._index.write(_ROW.render(mail=mail, stem=stem, return_path=self.return_path))
         self.count += 1
         self.total += mail.size
         return f"written to {stem}.eml"

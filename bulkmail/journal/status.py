@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
-import stat
 from pathlib import Path
-from typing import TextIO
 
 from bulkmail.errors import BulkmailError, Location
 from bulkmail.journal.sqlite import Journal, journal_exists, journal_path
 from bulkmail.load.campaign import as_campaign
 from bulkmail.models import Campaign, Status
+from bulkmail.owner_only import open_owner_only
 from bulkmail.reports import CampaignStatus
 
 
@@ -47,7 +45,7 @@ def write_failed_csv(status: CampaignStatus, out: Path) -> int:
     for entry in status.failed:
         columns.extend(key for key in entry.fields if key not in columns)
     try:
-        with _open_owner_only(out) as file:
+        with open_owner_only(out) as file:
             writer = csv.writer(file)
             writer.writerow([*columns, "bulkmail_reply"])
             for entry in status.failed:
@@ -57,20 +55,3 @@ def write_failed_csv(status: CampaignStatus, out: Path) -> int:
             f"cannot write the failed rows here: {exc.strerror or exc}", where=Location(out)
         ) from None
     return len(status.failed)
-
-
-def _open_owner_only(path: Path) -> TextIO:
-    """``path`` emptied for writing, readable by its owner only.
-
-    An existing file is made 0600 before it is emptied (so a refusal leaves it as it
-    was); something that is not a regular file (``/dev/stdout``) is written as it is.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            os.fchmod(fd, 0o600)
-            os.ftruncate(fd, 0)
-        return open(fd, "w", encoding="utf-8", newline="")
-    except BaseException:
-        os.close(fd)
-        raise

@@ -13,12 +13,15 @@ from typing import Any
 import yaml
 
 from bulkmail.errors import ConfigError, Location, RecipientError
+from bulkmail.feedback.verp import return_path_problem
 from bulkmail.load.recipients import check_address
 from bulkmail.models import (
     DEFAULT_PORTS,
+    MAILBOX_PORTS,
     AttachmentSpec,
     Campaign,
     DkimSettings,
+    InboxSettings,
     Rate,
     SmtpSettings,
     Unsubscribe,
@@ -28,12 +31,16 @@ TOP_KEYS = (
     "name", "from", "reply_to", "subject", "template", "text_template", "recipients",
     "data", "attachments", "unsubscribe", "suppress", "smtp", "rate", "preview",
     "base_url", "headers", "allow_special_domains", "dkim", "cc", "bcc", "markdown", "layout",
-    "images",
+    "images", "return_path", "inbox", "suppression_store", "soft_bounce_limit",
 )  # fmt: skip
 REQUIRED = ("from", "subject", "recipients")  # and a body: template, markdown or text_template
 SMTP_KEYS = (
     "host", "port", "security", "username", "password_env", "timeout", "ca_file",
     "local_hostname", "max_per_connection", "allow_plaintext_auth",
+)  # fmt: skip
+INBOX_KEYS = (
+    "protocol", "host", "port", "security", "username", "password_env", "folder", "timeout",
+    "ca_file", "allow_plaintext_auth",
 )  # fmt: skip
 DKIM_KEYS = ("domain", "selector", "private_key_file", "private_key_env", "algorithm")
 DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
@@ -283,6 +290,9 @@ def _build(root: _Node, path: Path) -> Campaign:
     recipients, recipients_delimiter = _csv_file(keys["recipients"], base)
     suppress, suppress_delimiter = opt("suppress", lambda n: _csv_file(n, base)) or (None, None)
     special = bool(opt("allow_special_domains", _flag))
+    return_path, return_path_secret_env = opt(
+        "return_path", lambda n: _return_path(n, special)
+    ) or (None, None)
     return Campaign(
         path=path,
         name=name,
@@ -315,6 +325,13 @@ def _build(root: _Node, path: Path) -> Campaign:
         base_url=opt("base_url", _url),
         headers=opt("headers", _headers) or {},
         images=opt("images", _images) or "embed",
+        return_path=return_path,
+        return_path_secret_env=return_path_secret_env,
+        inbox=opt("inbox", lambda n: _inbox(n, base)),
+        suppression_store=opt("suppression_store", lambda n: n.file(base, must_exist=False)),
+        soft_bounce_limit=int(
+            opt("soft_bounce_limit", lambda n: n.number(minimum=1, integer=True)) or 3
+        ),
         where={key: node.where() for key, node in keys.items()},
     )
 
@@ -484,6 +501,91 @@ def _smtp(node: _Node, base: Path) -> SmtpSettings:
         allow_plaintext_auth=bool(get("allow_plaintext_auth", _flag)),
     )
     problem = settings.plaintext_auth_problem()  # found here, before anything is sent
+    if problem is not None:
+        raise fields["username"].error(problem)
+    return settings
+
+
+def _env_name(node: _Node, what: str) -> str:
+    """The name of an environment variable (never the secret itself, which is not shown)."""
+    name = node.text()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise node.error(f"must be the name of an environment variable, not the {what}")
+    return name
+
+
+def _return_path(node: _Node, allow_special_domains: bool) -> tuple[str, str | None]:
+    """``return_path: bounces@example.com`` or ``{address: ..., secret_env: NAME}``: the
+    address each mail's VERP envelope sender is made from (bounces+<token>@example.com)."""
+    if isinstance(node.node, yaml.MappingNode):
+        fields = node.mapping(("address", "secret_env"))
+        if "address" not in fields:
+            raise node.error("needs an 'address', e.g. bounces@example.com")
+        address_node = fields["address"]
+        secret_env = _env_name(fields["secret_env"], "key") if "secret_env" in fields else None
+    else:
+        address_node, secret_env = node, None
+    try:
+        address = check_address(
+            address_node.text(), address_node.where(), allow_special_domains=allow_special_domains
+        )
+    except RecipientError as exc:
+        raise address_node.error(exc.message) from None
+    problem = return_path_problem(address)
+    if problem is not None:
+        raise address_node.error(problem)
+    return address, secret_env
+
+
+def _inbox(node: _Node, base: Path) -> InboxSettings:
+    """The mailbox bounces and replies come back to, as `bulkmail inbox` reads it."""
+    fields = node.mapping((*INBOX_KEYS, "password"))
+    if "password" in fields:
+        raise _Node(fields["password"].node, node.path, "inbox.password").error(
+            _unknown_key("password", INBOX_KEYS)
+        )
+    for key in ("protocol", "host", "username"):
+        if key not in fields:
+            raise node.error(f"needs a '{key}'")
+    protocol = fields["protocol"].text().lower()
+    if protocol not in MAILBOX_PORTS:
+        raise fields["protocol"].error(f"{protocol!r}: must be imap or pop3")
+    security = fields["security"].text() if "security" in fields else "ssl"
+    if security not in DEFAULT_PORTS:
+        raise fields["security"].error(
+            f"{security!r}: must be one of ssl (implicit TLS), starttls, none"
+        )
+    port = int(fields["port"].number(minimum=1, integer=True)) if "port" in fields else None
+    if port is not None and port > 65535:
+        raise fields["port"].error(f"{port}: not a TCP port")
+    folder = fields["folder"].text() if "folder" in fields else "INBOX"
+    if protocol == "pop3" and "folder" in fields:
+        raise fields["folder"].error("POP3 has one mailbox and no folders: remove folder:")
+    if any(c in folder for c in '\r\n"'):
+        raise fields["folder"].error(f"{folder!r}: not a folder name")
+    settings = InboxSettings(
+        protocol=protocol,  # type: ignore[arg-type]  # checked above
+        host=fields["host"].text(),
+        port=port or MAILBOX_PORTS[protocol][security],
+        username=fields["username"].text(),
+        security=security,  # type: ignore[arg-type]  # checked above
+        password_env=(
+            _env_name(fields["password_env"], "password") if "password_env" in fields else None
+        ),
+        folder=folder,
+        timeout=float(fields["timeout"].number(minimum=0.1)) if "timeout" in fields else 30.0,
+        ca_file=fields["ca_file"].file(base) if "ca_file" in fields else None,
+        allow_plaintext_auth=_flag(fields["allow_plaintext_auth"])
+        if "allow_plaintext_auth" in fields
+        else False,
+    )
+    problem = SmtpSettings(
+        settings.host,
+        settings.port,
+        settings.security,
+        settings.username,
+        allow_plaintext_auth=settings.allow_plaintext_auth,
+    ).plaintext_auth_problem()
     if problem is not None:
         raise fields["username"].error(problem)
     return settings

@@ -6,7 +6,7 @@ import codecs
 import csv
 import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from email_validator import EmailNotValidError, ValidatedEmail, validate_email
@@ -278,7 +278,7 @@ def _row_copies(cell: str, where: Location, allow_special_domains: bool) -> tupl
 def iter_recipients(
     path: Path,
     *,
-    suppressed: Iterable[str] = frozenset(),
+    suppressed: Iterable[str] | Mapping[str, str] = frozenset(),
     delimiter: str | None = None,
     allow_special_domains: bool = False,
 ) -> Iterator[RecipientRow]:
@@ -286,10 +286,13 @@ def iter_recipients(
 
     Rows with errors are yielded (not raised) so a preflight can report them all; an error
     that makes the rest of the file unreadable (no email column, bad encoding) is raised.
-    ``suppressed`` holds `address_key`s. ``delimiter``: None to find it from the header.
+    ``suppressed`` holds `address_key`s, or maps them to why (shown with the skipped row).
+    ``delimiter``: None to find it from the header.
     Memory: one row at a time, plus the keys of the addresses seen (to find duplicates).
     """
-    suppressed = frozenset(suppressed)
+    why: Mapping[str, str] = (
+        suppressed if isinstance(suppressed, Mapping) else dict.fromkeys(suppressed, "")
+    )
     seen: dict[str, int] = {}
     for line, row in read_rows(path, delimiter=delimiter):
         try:
@@ -300,9 +303,11 @@ def iter_recipients(
         key = recipient.key
         if key in seen:
             yield Skipped(recipient, "duplicate", f"same address as line {seen[key]}")
-        elif key in suppressed:
+        elif key in why:
             seen[key] = line
-            yield Skipped(recipient, "suppressed", "on the suppression list")
+            reason = why[key]
+            detail = f"on the suppression list ({reason})" if reason else "on the suppression list"
+            yield Skipped(recipient, "suppressed", detail)
         else:
             seen[key] = line
             yield recipient
