@@ -27,7 +27,6 @@ from bulkmail.feedback import verp
 from bulkmail.feedback.store import Suppression, SuppressionStore
 from bulkmail.load.recipients import iter_recipients, load_suppressed
 from bulkmail.models import (
-    VERP_KEY_FILE,
     Attachment,
     Campaign,
     Event,
@@ -306,7 +305,7 @@ class ReturnPaths:
         if campaign.return_path_secret_env is not None:
             secret = verp.secret_from_env(campaign.return_path_secret_env)
         else:
-            secret = verp.load_secret(campaign.journal_dir / VERP_KEY_FILE)
+            secret = verp.load_secret(campaign.journal_dir / verp.SECRET_FILE)
         return cls(campaign.return_path, campaign.name, secret)
 
     def of(self, recipient: Recipient) -> str:

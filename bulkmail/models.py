@@ -22,8 +22,6 @@ MAILBOX_PORTS: dict[str, dict[str, int]] = {
 }
 # The suppression store every campaign of a folder shares, in its journal folder.
 STORE_FILE = "suppressions.db"
-# The key of the VERP tokens (feedback/verp.py) when return_path names no variable for it.
-VERP_KEY_FILE = "verp.key"
 
 
 @dataclass(frozen=True)

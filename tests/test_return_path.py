@@ -15,7 +15,7 @@ from bulkmail.errors import ConfigError
 from bulkmail.feedback import verp
 from bulkmail.journal.sqlite import Journal, journal_path
 from bulkmail.load.campaign import load_campaign
-from bulkmail.models import STORE_FILE, VERP_KEY_FILE, address_key
+from bulkmail.models import STORE_FILE, address_key
 from bulkmail.pipeline import preview_campaign
 from bulkmail.send import send_campaign, send_test
 
@@ -32,7 +32,7 @@ def campaign(
 
 
 def _secret(c: CampaignDir) -> bytes:
-    return verp.load_secret(c.campaigns / ".bulkmail" / VERP_KEY_FILE)
+    return verp.load_secret(c.campaigns / ".bulkmail" / verp.SECRET_FILE)
 
 
 def test_each_mail_goes_out_with_its_own_verifiable_envelope_sender(
@@ -74,12 +74,12 @@ def test_without_return_path_the_envelope_sender_is_the_from_address(
     send_campaign(campaign.yaml_path)
 
     assert {m.mail_from for m in smtpd.inbox.messages} == {"news@example.com"}
-    assert not (campaign.campaigns / ".bulkmail" / VERP_KEY_FILE).exists()
+    assert not (campaign.campaigns / ".bulkmail" / verp.SECRET_FILE).exists()
 
 
 def test_the_key_is_made_once_owner_only_and_kept(campaign: CampaignDir, smtpd: Server) -> None:
     send_campaign(campaign.yaml_path)
-    key_file = campaign.campaigns / ".bulkmail" / VERP_KEY_FILE
+    key_file = campaign.campaigns / ".bulkmail" / verp.SECRET_FILE
     first = key_file.read_bytes()
     assert os.stat(key_file).st_mode & 0o777 == 0o600
     campaign.csv(people(5, start=10))
@@ -94,7 +94,7 @@ def test_a_key_from_the_environment_is_used_instead_of_a_file(
     campaign.write(return_path={"address": "bounces@example.com", "secret_env": "VERP_KEY"})
     send_campaign(campaign.yaml_path)
 
-    assert not (campaign.campaigns / ".bulkmail" / VERP_KEY_FILE).exists()
+    assert not (campaign.campaigns / ".bulkmail" / verp.SECRET_FILE).exists()
     token = verp.read_token(smtpd.inbox.messages[0].mail_from, "bounces@example.com")
     assert token is not None
     key = address_key(people(1)[0]["email"])
