@@ -51,7 +51,8 @@ class Paths:
 
 def example() -> dict[str, Any]:
     """The example campaign's YAML, as data."""
-    return yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    return data
 
 
 def write_list(path: Path, count: int, *, seed: int = 2026) -> Path:

@@ -12,16 +12,24 @@ That is exactly premailer's output only where a value cannot change what premail
 A token may stand in plain text or a comment, or in an attribute that no selector or
 premailer rule reads. A value anywhere else (a ``class``, ``id`` or ``style``, a
 presentational attribute, an attribute named in an ``[attr]`` selector, ``<style>``,
-``<script>``, ``<title>``, the start of a link premailer joins to the base URL) is kept
-in the skeleton as it is, and so becomes part of the cache key: ``class="{{ 'vip' if
-member }}"`` costs one premailer run per distinct class. CSS with a text-dependent
-selector (``:empty``, ``:contains``) turns the cache off for that skeleton. Values that
-are empty or blank, or hold markup (``|safe``), stay in the skeleton too; a value whose
-characters a parser might treat specially (control characters, CR), or that holds quotes
-in an attribute, takes the slow path. Each value is serialised by lxml itself, in the
-same kind of place, so escaping (``&amp;``, and the URI-escaping libxml2 applies to
-``href``) matches. Finally the first uses of every skeleton are checked against premailer
-on the real document; one difference and that skeleton is never used again.
+``<script>``, ``<title>``, an unquoted attribute) is kept in the skeleton as it is, and so
+becomes part of the cache key: ``class="{{ 'vip' if member }}"`` costs one premailer run
+per distinct class. CSS with a text-dependent selector (``:empty``, ``:contains``) turns
+the cache off for that skeleton. Values that are empty or blank, or hold markup
+(``|safe``), stay in the skeleton too, as does a value right after a character reference
+it could complete (``&not`` + ``in;``); a value whose characters a parser might treat
+specially (control characters, CR, a raw ``<``), or that holds quotes in an attribute,
+takes the slow path. Each value is serialised by lxml itself, in the same kind of place,
+so escaping (``&amp;``, and the URI-escaping libxml2 applies to ``href``) matches.
+
+With a base URL, premailer makes every ``href`` and ``src`` absolute (``urljoin``), which
+depends on the whole link, values and all. Such a link is cut out of premailer's output
+whole, and each recipient's is made as premailer makes it (`_Link`): the link as the
+parser reads it from the real document, joined to the base URL by premailer's own rules
+(`premailer_link`), written by lxml. So per-recipient links don't defeat the cache.
+
+Finally the first uses of every skeleton are checked against premailer on the real
+document; one difference and that skeleton is never used again.
 
 The text part is made the same way: the inlined skeleton is converted once, and each
 recipient's text is that with the values put in, wherever that provably equals converting
@@ -31,12 +39,14 @@ the recipient's own HTML (`SkeletonInliner._text`); elsewhere their HTML is conv
 from __future__ import annotations
 
 import functools
+import html
 import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin
 
 from lxml import etree
 from markupsafe import Markup
@@ -62,7 +72,10 @@ _TEXT_SELECTORS = re.compile(r":(empty|contains|blank|-?\w*-?contains)", re.IGNO
 _ATTR_SELECTOR = re.compile(r"\[\s*([\w:-]+)")
 _STYLE_BLOCK = re.compile(r"<style\b[^>]*>(.*?)</style\s*>", re.IGNORECASE | re.DOTALL)
 _QUOTES = re.compile(r"[\"']|&#34;|&#39;|&quot;")
-_ABSOLUTE = re.compile(r"^\s*[a-zA-Z][a-zA-Z0-9+.-]*:")
+# A character reference cut short at a value: the parser could read it with the value's
+# first characters as one reference ("&not" + "in;" is "&notin;"), so it can't be cut there.
+_OPEN_REFERENCE = re.compile(r"&#?[A-Za-z0-9]*\Z")
+_LINK_ATTRIBUTES = ("href", "src")  # what premailer joins to the base URL
 
 
 def finalize(value: object) -> object:
@@ -103,13 +116,25 @@ class _Place:
     tag: str  # the element, or COMMENT
 
 
+@dataclass(frozen=True)
+class _Link:
+    """An ``href`` or ``src`` holding values, which premailer joins to the base URL whole:
+    cut out of the inlined skeleton whole, and made anew for each recipient."""
+
+    place: _Place
+    parts: tuple[str, ...]  # the link as the parser reads it, split at the values
+    slots: tuple[int, ...]  # the value between each two parts
+
+
 @dataclass
 class _Entry:
-    """One skeleton: premailer's output cut at the tokens, or None if it can't be used."""
+    """One skeleton: premailer's output cut at the tokens, or None if it can't be used.
+    A gap holds a value (its slot) or a whole link (slot ``len(values) + k``)."""
 
     pieces: tuple[str, ...] | None
     order: tuple[int, ...] = ()  # slot index for each gap between pieces
     places: dict[int, _Place] = field(default_factory=dict)
+    links: tuple[_Link, ...] = ()
     checks_left: int = 0
     text: tuple[tuple[str, ...], tuple[int, ...]] | None = None  # the text part, cut likewise
 
@@ -161,6 +186,7 @@ class SkeletonInliner:
         self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
         self._nonce = secrets.token_hex(4)
         self._pattern = re.compile(f"bm{self._nonce}s(\\d+)e")
+        self._doubled = re.compile(f"bm{self._nonce}s(\\d+)e bm{self._nonce}s\\1e")
         self.stats = Stats()
 
     def __call__(self, doc: Slotted) -> tuple[str, str]:
@@ -176,6 +202,7 @@ class SkeletonInliner:
         written = [
             self._serialise(places[i], v) if i in places else "" for i, v in enumerate(values)
         ]
+        written += (self._link(link, values) for link in entry.links)
         inlined = _join(entry.pieces, entry.order, written)
         if entry.checks_left > 0:
             entry.checks_left -= 1
@@ -207,7 +234,7 @@ class SkeletonInliner:
         found = self._places(skeleton, structural)
         if found is None:
             return None
-        return tuple(sorted(found[1]))
+        return tuple(sorted(found.unsafe))
 
     def _entry(self, doc: Slotted, fixed: tuple[int, ...]) -> _Entry:
         key = (doc.literals, tuple(doc.values[i] for i in fixed))
@@ -227,8 +254,13 @@ class SkeletonInliner:
         # Letters and digits only: no parser, serialiser or URI escaper changes them.
         return f"bm{self._nonce}s{index}e"
 
-    def _skeleton(self, doc: Slotted, fixed: tuple[int, ...]) -> str:
-        slots = [v if i in fixed else self._token(i) for i, v in enumerate(doc.values)]
+    def _skeleton(self, doc: Slotted, fixed: tuple[int, ...], twice: bool = False) -> str:
+        """The document with a token for each value not ``fixed``; ``twice``: the token,
+        a space and the token again, to see which attributes a space would end."""
+        tokens = [self._token(i) for i in range(len(doc.values))]
+        if twice:
+            tokens = [f"{token} {token}" for token in tokens]
+        slots = [v if i in fixed else tokens[i] for i, v in enumerate(doc.values)]
         return _join(doc.literals, tuple(range(len(slots))), slots)
 
     def _structural(self, skeleton: str) -> frozenset[str] | None:
@@ -243,26 +275,45 @@ class SkeletonInliner:
         skeleton = self._skeleton(doc, fixed)
         structural = self._structural(skeleton)
         found = self._places(skeleton, structural) if structural is not None else None
-        if found is None or found[1]:
+        if found is None or found.unsafe:
             return _Entry(None)  # the kept values changed what is safe: no fast path
-        places = found[0]
-        out = self._inline(skeleton)
+        first = len(doc.values)  # the slot of the first whole link
+        out = self._cut_links(self._inline(skeleton), found.links, first)
+        if out is None:
+            return _Entry(None)  # a link is not where it was expected
         cut = self._pattern.split(out)
         pieces, order = tuple(cut[0::2]), tuple(int(n) for n in cut[1::2])
+        places = dict(found.places)
+        places.update((first + k, link.place) for k, link in enumerate(found.links))
         if sorted(order) != sorted(places):
             return _Entry(None)  # a token was dropped or repeated
-        return _Entry(pieces, order, places, checks_left=self._check)
+        return _Entry(pieces, order, places, tuple(found.links), checks_left=self._check)
 
-    def _places(
-        self, skeleton: str, structural: frozenset[str]
-    ) -> tuple[dict[int, _Place], set[int]] | None:
-        """Where each token stands in the parsed skeleton: the safe places, and the slots
-        that are not safe to cut out. None if the skeleton can't be parsed."""
+    def _cut_links(self, out: str, links: list[_Link], first: int) -> str | None:
+        """premailer's output with each whole link's value replaced by the token of its
+        slot (``first + k``); None if a link can't be found whole."""
+        for k, link in enumerate(links):
+            mine = set(link.slots)
+            at = [at for at in map(out.find, map(self._token, link.slots)) if at >= 0]
+            if not at:
+                return None  # the join dropped every value: nothing marks where it is
+            start, end = out.rfind('"', 0, min(at)) + 1, out.find('"', min(at))
+            # Written as name="...": the link holds no quote, so lxml quotes it with ".
+            if end < 0 or not out.endswith(f' {link.place.attribute}="', 0, start):
+                return None
+            if not {int(n) for n in self._pattern.findall(out, start, end)} <= mine:
+                return None
+            out = out[:start] + self._token(first + k) + out[end:]
+        return out
+
+    def _places(self, skeleton: str, structural: frozenset[str]) -> _Found | None:
+        """Where each token stands in the parsed skeleton: the safe places, the whole links
+        and the slots that are not safe to cut out. None if the skeleton can't be parsed."""
         root = etree.fromstring(skeleton, etree.HTMLParser())
         if root is None:
             return None
-        places: dict[int, _Place] = {}
-        unsafe: set[int] = set()
+        found = _Found()
+        places, unsafe = found.places, found.unsafe
 
         def slots(text: str) -> list[int]:
             return [int(n) for n in self._pattern.findall(text)]
@@ -291,62 +342,90 @@ class SkeletonInliner:
             for name, value in node.attrib.items():
                 name = name.lower()
                 unsafe.update(slots(name))
-                found = slots(value)
-                if not found:
+                in_value = slots(value)
+                if not in_value:
                     continue
                 if name in structural or name.startswith("on"):
-                    unsafe.update(found)
-                    continue
-                if name in ("href", "src") and self._base_url:
-                    # premailer joins the link to the base URL unless it is absolute, so
-                    # whatever decides that (the start of the link) must stay.
-                    prefix = value[: value.index(self._token(found[0]))]
-                    if not _ABSOLUTE.match(prefix):
-                        unsafe.add(found.pop(0))
-                for n in found:
-                    places[n] = _Place(name, tag)
+                    unsafe.update(in_value)
+                elif name in _LINK_ATTRIBUTES and self._base_url and not _kept(name, value):
+                    # Joined to the base URL whole, so cut out whole; a quote in it would
+                    # change how lxml quotes the attribute.
+                    if _QUOTES.search(value):
+                        unsafe.update(in_value)
+                    else:
+                        cut = self._pattern.split(value)
+                        found.linked.update(in_value)
+                        link = _Link(_Place(name, tag), tuple(cut[0::2]), tuple(in_value))
+                        found.links.append(link)
+                else:
+                    places.update((n, _Place(name, tag)) for n in in_value)
+        unsafe |= self._cut_short(skeleton) | self._unquoted(skeleton, places, found.linked)
         for n in unsafe:
             places.pop(n, None)
-        missing = set(slots(skeleton)) - places.keys() - unsafe
+        found.links = [link for link in found.links if unsafe.isdisjoint(link.slots)]
+        found.linked = {n for link in found.links for n in link.slots}
+        missing = set(slots(skeleton)) - places.keys() - unsafe - found.linked
         unsafe |= missing  # dropped by the parser: keep its value in the skeleton
-        return places, unsafe
+        return found
+
+    def _cut_short(self, skeleton: str) -> set[int]:
+        """The slots right after a character reference the value could complete."""
+        return {
+            int(match[1])
+            for match in self._pattern.finditer(skeleton)
+            if _OPEN_REFERENCE.search(skeleton, max(match.start() - 40, 0), match.start())
+        }
+
+    def _unquoted(self, skeleton: str, places: dict[int, _Place], linked: set[int]) -> set[int]:
+        """The slots in an attribute that a space in the value would end (unquoted): with
+        each token written twice around a space, the attribute no longer holds both."""
+        inside = {n for n, place in places.items() if place.attribute is not None} | linked
+        if not inside:
+            return set()
+        twice = self._pattern.sub(lambda m: f"{m[0]} {m[0]}", skeleton)
+        root = etree.fromstring(twice, etree.HTMLParser())
+        whole: set[int] = set()
+        for node in root.iter():
+            if isinstance(node.tag, str):
+                for value in node.attrib.values():
+                    whole.update(int(m[1]) for m in self._doubled.finditer(value))
+        return inside - whole
 
     # --- per recipient -----------------------------------------------------------------
 
     def _values_fit(self, entry: _Entry, values: tuple[str, ...]) -> bool:
         for i, value in enumerate(values):
-            if i not in entry.places:
+            place = entry.places.get(i)
+            linked = place is None and any(i in link.slots for link in entry.links)
+            if place is None and not linked:
                 continue  # kept in the skeleton as it is
-            if _RISKY.search(value) or "\r" in value:
-                return False
-            if entry.places[i].tag == COMMENT and "-" in value:
+            if _RISKY.search(value) or "\r" in value or "<" in value or ">" in value:
+                return False  # (escaped values hold no < or >: these are |safe-less raw)
+            if _OPEN_REFERENCE.search(value):
+                return False  # could end in a reference with what follows
+            if place is not None and place.tag == COMMENT and "-" in value:
                 return False  # "--" could end or upset the comment
-            if entry.places[i].attribute is not None and (
-                value != value.strip()
-                or "&#34;" in value
-                or "&#39;" in value
-                or '"' in value
-                or "'" in value
+            if (linked or (place is not None and place.attribute is not None)) and (
+                _QUOTES.search(value) or (not linked and value != value.strip())
             ):
                 return False
         return True
+
+    def _link(self, link: _Link, values: tuple[str, ...]) -> str:
+        """A recipient's whole link as premailer writes it: read as the parser reads it
+        in the real document, joined to the base URL, serialised by lxml."""
+        out = [link.parts[0]]
+        for slot, part in zip(link.slots, link.parts[1:], strict=True):
+            out += (_attribute_value(values[slot]), part)
+        assert self._base_url is not None  # links are only cut with a base URL
+        url = premailer_link(link.place.attribute or "", "".join(out), self._base_url)
+        return _written(link.place, html.escape(url))
 
     @staticmethod
     @functools.lru_cache(maxsize=4096)
     def _serialise(place: _Place, value: str) -> str:
         """How lxml writes ``value`` (as escaped in the document) in such a place."""
-        if place.tag == COMMENT:
-            return value
-        if place.attribute is None:
-            page = f"<html><body><p>{value}</p></body></html>"
-            out = _tostring(page)
-            start = out.index("<p>") + 3
-            return out[start : out.rindex("</p>")]
-        tag = "a" if place.tag == "a" else "span"
-        page = f'<html><body><{tag} {place.attribute}="{value}">x</{tag}></body></html>'
-        out = _tostring(page)
-        start = out.index(f'{place.attribute}="') + len(place.attribute) + 2
-        return out[start : out.index('">x<', start)]
+        return _written(place, value)
 
     def _slow(self, doc: Slotted) -> tuple[str, str]:
         self.stats.slow += 1
@@ -379,6 +458,61 @@ class SkeletonInliner:
                 return self._to_text(inlined)
             shown[i] = value
         return _join(pieces, order, shown)
+
+
+@dataclass
+class _Found:
+    """What `SkeletonInliner._places` found in a skeleton."""
+
+    places: dict[int, _Place] = field(default_factory=dict)  # the values cut out one by one
+    links: list[_Link] = field(default_factory=list)  # the links cut out whole
+    linked: set[int] = field(default_factory=set)  # the values in those links
+    unsafe: set[int] = field(default_factory=set)  # the values kept in the skeleton
+
+
+def premailer_link(attribute: str, url: str, base_url: str) -> str:
+    """What premailer (3.10, ``preserve_internal_links=True``) makes of an ``href`` or
+    ``src`` with a base URL: ``#anchor`` and ``tel:`` links and ``cid:`` images stay,
+    anything else is joined to it."""
+    if attribute == "href" and (url.startswith("#") or url.startswith("tel:")):
+        return url
+    if attribute == "src" and url.startswith("cid:"):
+        return url
+    return urljoin(base_url, url)
+
+
+def _kept(attribute: str, value: str) -> bool:
+    """Whether premailer leaves this link as it is, whatever its values: it starts (before
+    any token, which starts with letters) as links premailer never joins start."""
+    if attribute == "href":
+        return value.startswith(("#", "tel:"))
+    return value.startswith("cid:")
+
+
+@functools.lru_cache(maxsize=4096)
+def _attribute_value(written: str) -> str:
+    """A value as the parser reads it in a quoted attribute (``written`` is how it stands
+    in the document: escaped)."""
+    root = etree.fromstring(
+        f'<html><body><p title="{written}"></p></body></html>', etree.HTMLParser()
+    )
+    return str(root.find(".//p").get("title", ""))
+
+
+def _written(place: _Place, value: str) -> str:
+    """How lxml writes ``value`` (as escaped in the document) in such a place."""
+    if place.tag == COMMENT:
+        return value
+    if place.attribute is None:
+        page = f"<html><body><p>{value}</p></body></html>"
+        out = _tostring(page)
+        start = out.index("<p>") + 3
+        return out[start : out.rindex("</p>")]
+    tag = "a" if place.tag == "a" else "span"
+    page = f'<html><body><{tag} {place.attribute}="{value}">x</{tag}></body></html>'
+    out = _tostring(page)
+    start = out.index(f'{place.attribute}="') + len(place.attribute) + 2
+    return out[start : out.index('">x<', start)]
 
 
 def _put(cache: OrderedDict[Any, Any], key: object, value: object, limit: int) -> None:

@@ -1,0 +1,208 @@
+"""Per-recipient links and a base URL keep the skeleton cache, byte-identical to premailer.
+
+With ``base_url`` premailer joins every ``href`` and ``src`` to it, which depends on the
+whole link. The skeleton cache makes each recipient's link itself (`premailer_link`), so
+every comparison here is with premailer run on the recipient's real document: many
+generated rows of hostile values (quotes, ``<``, ``&``, ``javascript:``, relative,
+absolute and protocol-relative URLs, spaces, non-ASCII), then a hypothesis property.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+import jinja2
+import pytest
+from builders import CampaignDir
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bulkmail.compose.inline import PremailerInliner
+from bulkmail.compose.render import Renderer
+from bulkmail.compose.skeleton import SkeletonInliner, Slotted, finalize, premailer_link
+from bulkmail.compose.textpart import html_to_text
+from bulkmail.load.campaign import load_campaign
+from bulkmail.load.recipients import iter_recipients
+from bulkmail.models import Recipient
+
+BASES = ["https://example.com/news/june/", "http://example.org", "https://example.com/a/b?q=1#top"]
+
+# Every kind of place a value can take in a link, and the places around links.
+LINKS = """\
+<!DOCTYPE html>
+<html><head><style>a { color: #9c4a1a; } .note { padding: 4px; }</style></head>
+<body>
+<p class="note">Hi {{ name }}</p>
+<a href="{{ url }}">whole</a>
+<a href="https://example.com/u?id={{ id }}&amp;n={{ name | urlencode }}">query</a>
+<a href="/p/{{ id }}/{{ name }}">path</a>
+<a href='{{ url }}#frag'>single quotes</a>
+<a href="  {{ url }}  ">spaced</a>
+<a href="#{{ id }}">anchor</a> <a href="tel:{{ id }}">tel</a> <img src="cid:{{ id }}">
+<img src="{{ url }}" alt="{{ name }}"> <img src="img/{{ id }}.png">
+<a href=x{{ id }}>unquoted</a> <a title={{ name }} href="{{ url }}">unquoted title</a>
+<p>&amp{{ id }} and &not{{ name }}</p>
+<a href="{{ url }}" title="{{ name }}">{{ url }}</a>
+</body></html>
+"""
+
+HOSTILE = [
+    "", " ", "\t", "x y", "a\nb", "Zoë Lefèvre", "王小明", '"quoted"', "O'Brien", "<b>", "a & b",
+    "&amp;", "in;", "amp;", "javascript:alert(1)", "JavaScript:alert(1)", "#top", "tel:123",
+    "cid:logo", "../up", "./here", "?q=1", "//evil.example/x", "https://other.example/p?a=1&b=2",
+    "HTTPS://EXAMPLE.COM", "mailto:a@example.com", "data:text/html,<x>", "%20%zz", "/abs/path",
+    "http://[::1]:8080/x", "a b/c d?e f#g h", "über/straße", "x" * 200, "\\back\\slash",
+]  # fmt: skip
+
+ENV = jinja2.Environment(autoescape=True, finalize=finalize)
+PLAIN = jinja2.Environment(autoescape=True)
+
+
+def assert_as_premailer(template: str, rows: list[dict[str, str]], base_url: str | None) -> None:
+    """Each row's HTML and text through the cache equal premailer's on its real document."""
+    premailer = PremailerInliner(base_url=base_url)
+    skeletons = SkeletonInliner(premailer, html_to_text, base_url=base_url, check=0)
+    marked, plain = ENV.from_string(template), PLAIN.from_string(template)
+    for row in rows:
+        doc = Slotted.split(marked.render(row))
+        assert doc.document() == plain.render(row)
+        want = premailer(doc.document())
+        html, text = skeletons(doc)
+        assert html == want, row
+        assert text == html_to_text(want), row
+
+
+def hostile_rows(n: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    return [
+        {"url": rng.choice(HOSTILE), "id": rng.choice(HOSTILE), "name": rng.choice(HOSTILE)}
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("base_url", [None, *BASES])
+def test_hostile_links_match_premailer_on_the_real_document(base_url: str | None) -> None:
+    assert_as_premailer(LINKS, hostile_rows(400, seed=len(base_url or "")), base_url)
+
+
+def test_every_hostile_value_in_every_link_place() -> None:
+    rows = [{"url": u, "id": i, "name": "Ann"} for u, i in itertools.product(HOSTILE, HOSTILE)]
+    assert_as_premailer(LINKS, rows, BASES[0])
+
+
+def test_per_recipient_links_with_a_base_url_take_the_fast_path() -> None:
+    template = """\
+<html><head><style>a { color: red; }</style></head><body>
+<p><a href="/account?id={{ id }}">Account</a> <a href="{{ url }}">Read</a>
+<img src="img/{{ id }}.png" alt=""> <a href="https://example.com/u?e={{ id }}">Unsubscribe</a></p>
+</body></html>
+"""
+    premailer = CountingInliner(BASES[0])
+    skeletons = SkeletonInliner(premailer, html_to_text, base_url=BASES[0], check=2)
+    marked = ENV.from_string(template)
+    for n in range(50):
+        row = {"id": f"u{n}", "url": ["page", "https://x.example/", "../up"][n % 3]}
+        html, _ = skeletons(Slotted.split(marked.render(row)))
+        assert f'href="https://example.com/account?id=u{n}"' in html
+        assert f'src="https://example.com/news/june/img/u{n}.png"' in html
+    assert (skeletons.stats.misses, skeletons.stats.hits) == (1, 49)
+    assert skeletons.stats.slow == skeletons.stats.text_slow == 0
+    assert premailer.runs == 1 + 2  # the skeleton, then the first two uses checked
+
+
+class CountingInliner:
+    def __init__(self, base_url: str) -> None:
+        self.premailer = PremailerInliner(base_url=base_url)
+        self.runs = 0
+
+    def __call__(self, html: str) -> str:
+        self.runs += 1
+        return self.premailer(html)
+
+
+@pytest.mark.parametrize(
+    ("attribute", "url", "joined"),
+    [
+        ("href", "#top", "#top"),
+        ("href", "tel:123", "tel:123"),
+        ("src", "#top", "https://example.com/news/#top"),  # only links keep anchors
+        ("src", "cid:logo", "cid:logo"),
+        ("href", "cid:logo", "cid:logo"),  # a scheme: urljoin keeps it
+        ("href", "page?x=1", "https://example.com/news/page?x=1"),
+        ("href", "//evil.example/x", "https://evil.example/x"),
+        ("href", "javascript:alert(1)", "javascript:alert(1)"),
+    ],
+)
+def test_premailer_link_follows_premailers_rules(attribute: str, url: str, joined: str) -> None:
+    assert premailer_link(attribute, url, "https://example.com/news/") == joined
+    page = f'<html><body><a {attribute}="{url}">x</a></body></html>'
+    out = PremailerInliner(base_url="https://example.com/news/")(page)
+    assert f'{attribute}="{joined}"' in out
+
+
+def test_a_campaign_with_a_base_url_and_row_links_through_the_renderer(tmp_path: Path) -> None:
+    c = CampaignDir(tmp_path)
+    c.template(
+        "issue.html",
+        "<html><head><style>p { margin: 0; }</style></head><body>"
+        '<p>Hi {{ first_name }}: <a href="{{ link }}">yours</a>, '
+        '<a href="/u?e={{ email | urlencode }}">unsubscribe</a></p></body></html>',
+    )
+    rng = random.Random(3)
+    c.csv(
+        [
+            {"email": f"u{i}@example.com", "first_name": f"U{i}", "link": rng.choice(HOSTILE)}
+            for i in range(120)
+        ]
+    )
+    campaign = load_campaign(c.write(base_url=BASES[0]))
+    fast, slow = Renderer.load(campaign), Renderer.load(campaign, fast=False)
+    assert fast.skeletons is not None
+    fast.skeletons._check = 0  # no safety net: the fast path alone must be exact
+    for recipient in iter_recipients(campaign.recipients):
+        assert isinstance(recipient, Recipient)
+        got, want = fast.render(recipient), slow.render(recipient)
+        assert (got.html, got.text) == (want.html, want.text), recipient.line
+    # One skeleton, and one for each blank link (a blank value stays in the skeleton).
+    assert fast.skeletons.stats.misses <= 1 + 3, fast.skeletons.stats
+
+
+# --- a property ---------------------------------------------------------------------------
+
+URLISH = st.one_of(
+    st.sampled_from(HOSTILE),
+    st.text(st.sampled_from("aZ09 ./?#&=:%;'\"<>éü王\\-_~@!$()*+,"), max_size=12),
+    # Not other control characters: premailer itself raises on them in a link it joins.
+    st.text(st.characters(exclude_categories=("Cc", "Cs")) | st.sampled_from("\t\n"), max_size=8),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    parts=st.lists(URLISH, min_size=3, max_size=3),
+    base=st.sampled_from([None, *BASES]),
+)
+def test_any_values_in_links_match_premailer(parts: list[str], base: str | None) -> None:
+    url, id_, name = parts
+    rows = [{"url": url, "id": id_, "name": name}, {"url": id_, "id": name, "name": url}]
+    assert_as_premailer(LINKS, rows, base)
+
+
+def test_raw_values_where_autoescape_is_off_match_premailer() -> None:
+    template = (
+        "<html><body>{% autoescape false %}<p>Hi {{ name }}in; {{ id }}</p>"
+        '<a href="{{ url }}" title="{{ id }}">x</a>{% endautoescape %}</body></html>'
+    )
+    rows = [
+        {"name": name, "id": id_, "url": url}
+        for name, id_, url in zip(
+            ["<b>bold", "a</p>b", "&lt", "x &amp", "<!--", "Ann"],
+            ["&not", "&#3", "&", "in;", "ok", "1"],
+            ["a<b", "/x?a=1&b", "&amp", "#x", "j>", "p"],
+            strict=True,
+        )
+    ]
+    for base in [None, BASES[0]]:
+        assert_as_premailer(template, rows, base)
