@@ -6,8 +6,10 @@ import csv
 import email.policy
 import hashlib
 import io
+import random
 import re
 from datetime import datetime
+from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser, Parser
 from pathlib import Path
@@ -25,8 +27,19 @@ from bulkmail import (
     check_campaign,
     load_campaign,
 )
-from bulkmail.compose.message import MessageBuilder
+from bulkmail.compose.message import (
+    _PLAIN_TEXT,
+    POLICY,
+    POLICY_UTF8,
+    MessageBuilder,
+    _cc_header,
+    _fold,
+    _plain_address,
+    _plain_line,
+    _to_header,
+)
 from bulkmail.compose.render import Renderer
+from bulkmail.errors import Location
 from bulkmail.load.recipients import iter_recipients
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4 + b"\n%%EOF\n"
@@ -615,3 +628,99 @@ def test_non_ascii_local_part_sets_smtputf8(tmp_path: Path) -> None:
     assert "To: 王小明 <小明@example.cn>".encode() in wang.data  # UTF-8 headers (RFC 6532)
     msg = Parser(policy=email.policy.SMTPUTF8).parsestr(wang.data.decode("utf-8"))
     assert msg["To"].addresses[0].addr_spec == "小明@example.cn"
+
+
+# --- To, Cc and Subject written directly: the same bytes as the email package ------------
+
+NAME_PARTS = [
+    "Jordan", "O'Brien", "Miller", "A", "x" * 40, "Zoë", "王小明", "Dr.", "a,b", '"q"', "(c)",
+    "<e@x>", "a;b", "b@x", "=?utf-8?q?x?=", "!#$%&*+/=?^_`{|}~-", "!#$%&*+/?=^_`{|}~-", "\\",
+    "[x]", "a:b", "",
+]  # fmt: skip
+LOCALS = ["u", "first.last", "a+tag", "o'brien", "x" * 50, "a..b", '"q"', "zoë", "=?x?="]
+DOMAINS = ["example.com", "ex-ample.co.uk", "a" * 40 + ".org", "xn--bcher-kva.example"]
+
+
+def library_to(policy: email.policy.EmailPolicy, name: str, local: str, domain: str) -> bytes:
+    """The To header through the email package alone (the path every other name takes)."""
+    to = Address(display_name=name, username=local, domain=domain)
+    return _to_header(policy, to, Location(Path("list.csv"), 2))
+
+
+def names() -> list[str]:
+    rng = random.Random(13)
+    made = {" ".join(rng.sample(NAME_PARTS, rng.randint(1, 4))) for _ in range(600)}
+    made |= {f"{a}{b}" for a in NAME_PARTS for b in ("", " ", "  ", "x")}
+    made |= {"J" + "o" * n for n in range(40, 80)}  # around the folding width
+    return sorted(made)
+
+
+@pytest.mark.parametrize("policy", [POLICY, POLICY_UTF8], ids=["ascii", "utf8"])
+def test_to_written_directly_is_the_email_packages_bytes(
+    policy: email.policy.EmailPolicy,
+) -> None:
+    direct = 0
+    for name in names():
+        for local in LOCALS:
+            for domain in DOMAINS:
+                line = _plain_line("To", _plain_address(name, local, domain))
+                if line is None:
+                    continue
+                direct += 1
+                assert line == library_to(policy, name, local, domain), (name, local, domain)
+    assert direct > 300  # the common shapes are written directly
+
+
+def test_plain_shapes_refuse_what_needs_quoting_encoding_or_folding() -> None:
+    assert _plain_line("To", _plain_address("Jordan Miller", "j", "example.com")) == (
+        b"To: Jordan Miller <j@example.com>\r\n"
+    )
+    for name in ["Dr. No", "A, B", 'Say "hi"', "Zoë", "A  B", " A", "=?utf-8?q?QQ?=", "J" * 70]:
+        assert _plain_line("To", _plain_address(name, "j", "example.com")) is None, name
+    assert _plain_address("A", "a..b", "example.com") is None
+    assert _plain_address("A", "j", "exämple.com") is None
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Jordan, the June issue of The Lantern is here",
+        "A subject of exactly the width: " + "x" * (78 - 9 - 32),
+        "A subject one over the width: " + "x" * (78 - 9 - 29),
+        "Price: $5 (50% off) <today> \"quoted\" 'single' [x] a;b a@b",
+        "=?utf-8?q?Bob?= wrote",
+        "two  spaces",
+        " leading",
+        "Zoë's news",
+        "tab\there",
+    ],
+)
+def test_subject_written_directly_is_the_email_packages_bytes(subject: str) -> None:
+    line = _plain_line("Subject", subject if _PLAIN_TEXT.match(subject) else None)
+    library = _fold(POLICY, "Subject", POLICY.header_factory("Subject", subject))
+    assert line is None or line == library
+    plain = re.fullmatch("[ -~]+", subject) and "  " not in subject and "=?" not in subject
+    assert (line is not None) == bool(plain and subject == subject.strip() and len(subject) <= 69)
+
+
+def test_subjects_of_every_printable_character_match_the_email_package() -> None:
+    rng = random.Random(5)
+    printable = [chr(c) for c in range(0x21, 0x7F)]
+    for _ in range(3000):
+        words = ["".join(rng.choices(printable, k=rng.randint(1, 12))) for _ in range(6)]
+        subject = " ".join(words[: rng.randint(1, 6)])
+        line = _plain_line("Subject", subject if _PLAIN_TEXT.match(subject) else None)
+        if line is not None:
+            header = POLICY.header_factory("Subject", subject)
+            assert line == _fold(POLICY, "Subject", header), subject
+
+
+def test_cc_written_directly_is_the_email_packages_bytes() -> None:
+    row = Location(Path("list.csv"), 2)
+    for cc in (
+        ["a@example.com"],
+        ["a@example.com", "b.c+d@example.org"],
+        ["x" * 30 + "@e.com"] * 3,
+    ):
+        library = _fold(POLICY, "Cc", [Address(addr_spec=a) for a in cc], row)
+        assert _cc_header(POLICY, cc, row) == library

@@ -39,6 +39,16 @@ _Q_PHRASE_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _WHITESPACE = re.compile(r"\s+")
 _BARE_BREAK = re.compile(rb"\n(?![ \t])|\r(?!\n)")  # a line break that is not folding
+# What the email package writes as it is, on one line (see `_plain_line`): a display name of
+# atoms (RFC 5322 3.2.3 atext) separated by single spaces, a dot-atom local part, a
+# domain name, a subject of printable ASCII words separated by single spaces.
+_ATEXT = "A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_PLAIN_NAME = re.compile(f"[{_ATEXT}]+(?: [{_ATEXT}]+)*\\Z")
+_PLAIN_LOCAL = re.compile(f"[{_ATEXT}]+(?:\\.[{_ATEXT}]+)*\\Z")
+_PLAIN_DOMAIN = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\Z"
+)
+_PLAIN_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*\Z")
 
 
 class _MailPolicy(EmailPolicy):
@@ -181,9 +191,12 @@ class MessageBuilder:
         policy = POLICY_UTF8 if smtputf8 else POLICY
         row = Location(self.campaign.recipients, recipient.line)
         local, _, domain = recipient.email.rpartition("@")
-        to = Address(display_name=recipient.name, username=local, domain=domain)
+        to_line = _plain_line("To", _plain_address(recipient.name, local, domain))
+        if to_line is None:
+            to = Address(display_name=recipient.name, username=local, domain=domain)
+            to_line = _to_header(policy, to, row)
         message_id = make_msgid(domain=self.sender.domain)
-        headers = [_to_header(policy, to, row)]
+        headers = [to_line]
         if cc:
             headers.append(_cc_header(policy, cc, row))
         headers.append(self._subject(policy, rendered.subject, row))
@@ -242,6 +255,9 @@ class MessageBuilder:
         RFC 2047 words in the values it is given, so ``=?utf-8?q?Bob=0D=0ABcc...?=`` in a
         CSV field would otherwise come out as a line break and a header of its own.
         (Names are checked for such words when the CSV is read.)"""
+        plain = _plain_line("Subject", subject if _PLAIN_TEXT.match(subject) else None)
+        if plain is not None:
+            return plain
         header = policy.header_factory("Subject", subject)
         if _CONTROL.search(str(header)) or _folded(str(header)) != _folded(subject):
             raise TemplateError(
@@ -315,9 +331,40 @@ def _copies(campaign: Campaign, recipient: Recipient) -> tuple[tuple[str, ...], 
     return cc, cc + new(campaign.bcc)
 
 
+def _plain_address(display: str, local: str, domain: str) -> str | None:
+    """``Name <local@domain>`` (or the bare address), if each part is of a shape the email
+    package writes as it is (see `_plain_line`); else None."""
+    if not (_PLAIN_LOCAL.match(local) and _PLAIN_DOMAIN.match(domain)):
+        return None
+    if not display:
+        return f"{local}@{domain}"
+    return f"{display} <{local}@{domain}>" if _PLAIN_NAME.match(display) else None
+
+
+def _split(address: str) -> tuple[str, str]:
+    local, _, domain = address.rpartition("@")
+    return local, domain
+
+
+def _plain_line(name: str, value: str | None) -> bytes | None:
+    """``Name: value`` as one line, which is what the email package writes for a value of
+    the shapes above when it fits in 78 columns and holds no ``=?`` (an encoded word it
+    would decode first): the same bytes without its parser and folder, which are a third
+    of a mail's build. None for anything else, which goes through the email package;
+    tests/test_message.py compares the two over many values."""
+    if value is None or "=?" in value or len(name) + 2 + len(value) > _FOLD_AT:
+        return None
+    return f"{name}: {value}\r\n".encode("ascii")
+
+
 def _cc_header(policy: EmailPolicy, cc: Iterable[str], row: Location) -> bytes:
     """The Cc header: bare addresses checked when read (no name, no line break, no encoded
     word), read back to make sure it names exactly them, as the To header is."""
+    plain = [_plain_address("", *_split(address)) for address in cc]
+    if all(plain):
+        line = _plain_line("Cc", ", ".join(a for a in plain if a))
+        if line is not None:
+            return line
     addresses = [Address(addr_spec=address) for address in cc]
     folded = _fold(policy, "Cc", addresses, row)
     text = folded.decode("utf-8")[len("Cc:") :].replace("\r\n", "")
