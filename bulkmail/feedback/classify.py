@@ -45,6 +45,10 @@ from bulkmail.models import FeedbackKind
 logging.getLogger("flufl.bounce").addHandler(logging.NullHandler())
 
 DIAGNOSTIC_LENGTH = 300
+# How much of a message flufl.bounce reads. A bounce says what failed before the copy of
+# the returned message, and its detectors each read every line of every part (the
+# heuristic ones ~50 times over): a returned 10 MB newsletter would take seconds.
+_FLUFL_READS = 512 * 1024
 
 # An enhanced status code (RFC 3463), not part of a longer dotted number (an IP address).
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
@@ -56,7 +60,7 @@ _QUOTED_MESSAGE_ID = re.compile(r"^[ \t>]*Message-ID:[ \t]*\r?\n?[ \t]*(<[^<>\s]
 _QUOTED_CAMPAIGN = re.compile(r"^[ \t>]*X-Bulkmail-Campaign:[ \t]*([^\r\n]+)", re.I | re.M)
 # Where a bounce's own words end and the copy of the returned message begins.
 _RETURNED_COPY = re.compile(
-    r"^\s*-{2,}.*(?:copy of|original message|returned|message follows|message headers)"
+    r"^\s*--.*(?:copy of|original message|returned|message follows|message headers)"
     r"|^\s*original message headers:|^\s*message headers follow",
     re.I,
 )
@@ -367,7 +371,8 @@ def _failures(raw: bytes) -> tuple[frozenset[str], frozenset[str]]:
     read.
     """
     try:
-        text_msg = message_from_string(raw.decode("utf-8", "replace"), policy=compat32)
+        text = raw[:_FLUFL_READS].decode("utf-8", "replace")
+        text_msg = message_from_string(text, policy=compat32)
         temporary, permanent = all_failures(text_msg)
     except Exception:
         return frozenset(), frozenset()
@@ -403,7 +408,7 @@ def _own_lines(msg: Message) -> Iterator[str]:
     for part in parts:
         text = _part_text(part)
         if part.get_content_subtype() == "html":
-            text = re.sub(r"<[^>]*>", " ", text)
+            text = re.sub(r"<[^<>]*>", " ", text)
         for line in text.splitlines():
             if _RETURNED_COPY.search(line):
                 break
@@ -552,13 +557,19 @@ def _header(msg: Message, name: str) -> str:
 
 
 def _header_values(msg: Message, name: str) -> list[str]:
-    """Every ``name`` field of ``msg``, decoded as far as it can be."""
-    return [_decoded(value) for value in msg.get_all(name, [])]
+    """Every ``name`` field of ``msg``, decoded as far as it can be.
+
+    Read raw: for a field with 8-bit bytes (raw UTF-8, as RFC 6532 allows and many
+    clients send) the stdlib would give a `Header` whose text has lost them."""
+    wanted = name.lower()
+    return [_decoded(value) for key, value in msg.raw_items() if key.lower() == wanted]
 
 
 def _decoded(value: object) -> str:
-    """A header value as text: encoded words decoded, undecodable bytes replaced."""
-    text = str(value)
+    """A header value as text: raw bytes read as UTF-8, encoded words decoded, folding
+    undone; what cannot be decoded is replaced, never raised."""
+    raw = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = re.sub(r"\r?\n(?=[ \t])", "", raw)
     try:
         return str(make_header(decode_header(text)))
     except (HeaderParseError, LookupError, UnicodeError, ValueError, AssertionError):
