@@ -334,6 +334,28 @@ def test_an_address_between_commas_in_a_reply_is_no_bounce() -> None:
     assert (verdict.kind, verdict.recipients) == ("other", ())
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # a person forwarding a bounce, with an address between commas
+        b"From: ann@example.org\nTo: news@example.com\nSubject: Fwd: Undeliverable: June\n\n"
+        b"Got this, sent to my colleague, bea@example.org, yesterday. 550 5.1.1 it says.\n",
+        # a vacation notice (null sender, as RFC 3834 asks) naming a colleague the same way
+        b"Return-Path: <>\nFrom: cy@example.org\nTo: bounces@example.com\n"
+        b"Auto-Submitted: auto-replied\nSubject: Away\n\n"
+        b"I am away; please write to my colleague, dee@example.org, instead.\n",
+        # titled like a bounce, with a reply code, but from a person and naming nobody
+        b"From: eve@example.org\nTo: news@example.com\nSubject: Mail delivery failed\n\n"
+        b"Your last issue gave me a 550 error when I replied.\n",
+    ],
+)
+def test_bounce_heuristics_stay_away_from_peoples_mail(raw: bytes) -> None:
+    verdict = classify(raw)
+
+    assert verdict.kind in ("other", "auto_reply")
+    assert verdict.recipients == ()
+
+
 def test_a_bounce_is_no_auto_reply_though_it_says_auto_submitted() -> None:
     assert b"Auto-Submitted: auto-replied" in corpus("postfix_user_unknown.eml")
     assert verdict_of("postfix_user_unknown.eml").kind == "hard_bounce"

@@ -83,6 +83,7 @@ _VACATION_SUBJECT = re.compile(
     r"|自动回复|自動回覆|自動返信|自動応答|자동 응답",
     re.I,
 )
+_REPLY_PREFIX = re.compile(r"\s*(?:re|fwd?|aw|wg|sv|vs|tr|antw|r)\s*:", re.I)
 _UNSUBSCRIBE_SUBJECT = re.compile(r"^\s*(?:(?:re|aw|sv|antw)\s*:\s*)*unsubscribe\s*$", re.I)
 
 # Short names for the enhanced status codes bounces carry most, by subject and detail.
@@ -246,14 +247,14 @@ def _delivery_status(msg: Message) -> _Answer | None:
 
 def _delivery_status_blocks(msg: Message) -> Iterator[Message]:
     """Every field block of every message/delivery-status part. The stdlib parser reads
-    each block as a sub-message; a part it left as text (an encoded one) is split here."""
+    each block as a sub-message; a part that holds text instead is split here."""
     for part in msg.walk():
         if part.get_content_type() != "message/delivery-status":
             continue
         payload = part.get_payload()
         if isinstance(payload, list):
             yield from (block for block in payload if isinstance(block, Message))
-        else:
+        else:  # a part built in code with a text payload
             for text in re.split(r"\r?\n[ \t]*\r?\n", _part_text(part)):
                 yield HeaderParser(policy=compat32).parsestr(text.strip())
 
@@ -317,7 +318,8 @@ def _nonstandard_bounce(msg: Message, raw: bytes) -> _Answer | None:
     bounce at all is given to flufl.bounce, since its looser detectors find "failed"
     addresses in any text (LLNL's takes any ", someone@example.org," from a person's reply).
     """
-    if not _looks_like_bounce(msg):
+    from_daemon = _from_mail_system(msg)
+    if not (from_daemon or _titled_like_bounce(msg)):
         return None
     temporary, permanent = _failures(raw)
     status, diagnostic, reply = _body_diagnostic(msg)
@@ -329,7 +331,9 @@ def _nonstandard_bounce(msg: Message, raw: bytes) -> _Answer | None:
         # flufl.bounce's only temporary failures from a non-DSN are "still trying" warnings.
         kind = "delayed"
         named = temporary
-    elif status is not None or reply is not None:
+    elif from_daemon and (status is not None or reply is not None):
+        # A failure that names nobody flufl.bounce can read still ties to a recipient by the
+        # address it came back to (VERP) or the returned Message-ID.
         kind = _failure_kind(status, reply)
         named = frozenset(_header_values(msg, "X-Failed-Recipients"))
     else:
@@ -343,19 +347,26 @@ def _nonstandard_bounce(msg: Message, raw: bytes) -> _Answer | None:
     )
 
 
-def _looks_like_bounce(msg: Message) -> bool:
-    """From a mailer daemon or postmaster, titled like a bounce, or naming failed
-    recipients (Exim's X-Failed-Recipients), or a delivery report without a readable
-    delivery-status part."""
+def _from_mail_system(msg: Message) -> bool:
+    """Sent by a mail system, not a person: from a mailer daemon or postmaster, naming
+    failed recipients (Exim's X-Failed-Recipients), or a delivery report whose
+    delivery-status part could not be read."""
     name, address = parseaddr(_header(msg, "From"))
     local = address.rpartition("@")[0].lower() if "@" in address else address.lower()
     return bool(
         local in _BOUNCE_SENDERS
+        or local.startswith("microsoftexchange")  # Exchange's NDRs from its system mailbox
         or name.strip().lower() in ("mail delivery system", "mail delivery subsystem")
         or msg.get("X-Failed-Recipients") is not None
-        or _BOUNCE_SUBJECT.search(_header(msg, "Subject"))
         or _is_report(msg, "delivery-status")
     )
+
+
+def _titled_like_bounce(msg: Message) -> bool:
+    """A bounce's subject ("Undeliverable: ...", "failure notice"), but not a person's
+    reply to or forward of one."""
+    subject = _header(msg, "Subject")
+    return bool(_BOUNCE_SUBJECT.search(subject)) and not _REPLY_PREFIX.match(subject)
 
 
 def _failures(raw: bytes) -> tuple[frozenset[str], frozenset[str]]:
