@@ -27,48 +27,28 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generate as gen
 
 import bulkmail
 from bulkmail.build import Builder
 
-BASE_URL = "https://example.com/newsletter/june/"
-# Per-recipient links of every kind premailer treats differently with a base URL.
-LINKS = """
-            <p><a href="https://example.com/account?id={{ email | urlencode }}">Your account</a>
-            &middot; <a href="/members/{{ plan }}?city={{ city | urlencode }}">Your plan</a>
-            &middot; <a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
-"""
-
 
 def variant(folder: Path, name: str, rows: int) -> Path:
     """A campaign for one variant (see the module doc), with ``rows`` recipients."""
-    templates = gen.write_templates(folder / name / "templates")
     (folder / "none.pem").touch()  # never read: nothing is sent
-    if name == "links":
-        june = templates / "june.html"
-        source = june.read_text("utf-8")
-        june.write_text(
-            source.replace('{% include "_signoff.html" %}', LINKS + '{% include "_signoff.html" %}')
-        )
-    campaign = gen.write_campaign(
+    write = gen.write_link_templates if name == "links" else gen.write_templates
+    return gen.write_campaign(
         folder / name,
         name=f"cost-{name}",
         recipients=gen.write_list(folder / f"{rows}.csv", rows),
-        templates=templates,
+        templates=write(folder / name / "templates"),
         port=2525,
         ca_file=folder / "none.pem",
         username="bench",
         attachment=None,
+        base_url=None if name == "example" else gen.BASE_URL,
     )
-    if name != "example":
-        data = yaml.safe_load(campaign.read_text("utf-8"))
-        data["base_url"] = BASE_URL
-        campaign.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), "utf-8")
-    return campaign
 
 
 def one_pass(campaign: Path) -> tuple[float, Builder]:

@@ -98,6 +98,25 @@ def write_templates(folder: Path) -> Path:
     return folder
 
 
+# Per-recipient links of every kind premailer treats differently with a base URL: absolute
+# with a value in the query, relative with values in the path and query, a value alone.
+LINKS = """
+            <p><a href="https://example.com/account?id={{ email | urlencode }}">Your account</a>
+            &middot; <a href="/members/{{ plan }}?city={{ city | urlencode }}">Your plan</a>
+            &middot; <a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
+"""
+BASE_URL = "https://example.com/newsletter/june/"
+
+
+def write_link_templates(folder: Path) -> Path:
+    """The example newsletter with `LINKS` above its sign-off."""
+    write_templates(folder)
+    june = folder / "june.html"
+    signoff = '{% include "_signoff.html" %}'
+    june.write_text(june.read_text("utf-8").replace(signoff, LINKS + signoff), "utf-8")
+    return folder
+
+
 def write_campaign(
     folder: Path,
     *,
@@ -110,6 +129,7 @@ def write_campaign(
     attachment: Path | None,
     per_second: float = 0,
     burst: int | None = None,
+    base_url: str | None = None,
 ) -> Path:
     """A campaign YAML like campaigns/june.yaml, pointed at the sink; returns its path.
 
@@ -141,6 +161,8 @@ def write_campaign(
         "rate": rate,
         "preview": {"out": str(folder / "previews")},
     }
+    if base_url is not None:
+        campaign["base_url"] = base_url
     if campaign["reply_to"] is None:
         del campaign["reply_to"]
     if attachment is not None:

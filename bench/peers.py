@@ -53,6 +53,7 @@ def transfer_limit(
     started = time.perf_counter()
     with smtplib.SMTP_SSL("127.0.0.1", port, context=context, timeout=TIMEOUT) as smtp:
         # Without it, multi-record TLS writes meet Nagle + delayed ACK: ~40 ms a mail.
+        assert smtp.sock is not None  # connected by the constructor
         smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         smtp.login(username, password)
         for rcpt in recipients:
