@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import csv
 import email.policy
 import hashlib
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from builders import CSV_ROWS, CampaignDir
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bulkmail import (
     AttachmentError,
@@ -36,7 +39,9 @@ from bulkmail.compose.message import (
     _fold,
     _plain_address,
     _plain_line,
+    _quoted_printable,
     _to_header,
+    _url_list_header,
 )
 from bulkmail.compose.render import Renderer
 from bulkmail.errors import Location
@@ -724,3 +729,39 @@ def test_cc_written_directly_is_the_email_packages_bytes() -> None:
     ):
         library = _fold(POLICY, "Cc", [Address(addr_spec=a) for a in cc], row)
         assert _cc_header(POLICY, cc, row) == library
+
+
+def whole_quoted_printable(text: str) -> bytes:
+    """Quoted-printable of the whole text at once: what the line cache must equal."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n")
+    return binascii.b2a_qp(lines.encode("utf-8"), quotetabs=False, istext=True).replace(
+        b"\n", b"\r\n"
+    )
+
+
+LINE_PIECES = ["", " ", "\t", ".", "=", "From ", "x" * 75, "y" * 74, "z" * 80, "é", "王", "\x00",
+               "\x0c", " .", ". ", "a=", "=\n", "\r", "\r\n", "\n", "\n.", ".\n", " \n",
+               "\t\r\n"]  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(LINE_PIECES) | st.text(max_size=5), max_size=12))
+def test_quoted_printable_by_line_equals_the_whole_text_at_once(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert _quoted_printable(text) == whole_quoted_printable(text)
+    assert _quoted_printable(text) == whole_quoted_printable(text)  # now from the cache
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "<https://example.com/u?e=a%40b.com>",
+        "<https://example.com/u?e=a%40b.com>, <mailto:unsubscribe@example.com>",
+        "<https://example.com/" + "x" * 120 + ">, <mailto:u@example.com?subject=unsubscribe>",
+        "<https://example.com/a,b>, <mailto:x@example.com>",
+    ],
+)
+def test_list_unsubscribe_written_directly_is_the_policys_folding(value: str) -> None:
+    row = Location(Path("list.csv"), 2)
+    want = _fold(POLICY, "List-Unsubscribe", value, row)
+    assert _url_list_header(POLICY, "List-Unsubscribe", value, row) == want

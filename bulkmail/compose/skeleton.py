@@ -45,7 +45,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urljoin
 
 from lxml import etree
@@ -108,9 +108,9 @@ class Slotted:
         return "".join(out)
 
 
-@dataclass(frozen=True)
-class _Place:
-    """Where a token ended up in premailer's output."""
+class _Place(NamedTuple):
+    """Where a token ended up in premailer's output. (A tuple: hashed for every value by
+    the caches of `_serialise` and `_shown`.)"""
 
     attribute: str | None  # None: in text (or a comment)
     tag: str  # the element, or COMMENT
