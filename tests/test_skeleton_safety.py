@@ -9,8 +9,20 @@ cache holds at most ``max_entries`` of them, the least recently used going first
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bulkmail.compose.inline import PremailerInliner
-from bulkmail.compose.skeleton import CLOSE, OPEN, SkeletonInliner, Slotted
+from bulkmail.compose.skeleton import (
+    CLOSE,
+    OPEN,
+    SkeletonInliner,
+    Slotted,
+    _Place,
+    _read,
+    _shown,
+    _written,
+)
 from bulkmail.compose.textpart import html_to_text
 
 PAGE = """\
@@ -144,3 +156,24 @@ def test_a_campaign_of_many_skeletons_stays_correct_through_evictions() -> None:
 
     assert skeletons.stats.misses + skeletons.stats.hits == 30
     assert skeletons.stats.misses > 7  # skeletons were dropped and made again
+
+
+# --- values written without a parse ---------------------------------------------------------
+
+PLACES = [
+    _Place(None, "p"), _Place(None, "td"), _Place("href", "a"), _Place("href", "link"),
+    _Place("src", "img"), _Place("title", "span"), _Place("alt", "img"), _Place("name", "a"),
+]  # fmt: skip
+
+
+# As values stand in the document: escaped, so no raw quote or angle bracket.
+ESCAPED = st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="\"'<>")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(ESCAPED, max_size=12))
+def test_values_written_without_a_parse_are_what_lxml_writes(value: str) -> None:
+    for place in PLACES:
+        assert SkeletonInliner._serialise(place, value) == _written(place, value), place
+        shown = _shown(place, value)
+        assert shown is None or shown == _read(place, value), place

@@ -105,15 +105,13 @@ def _quoted_printable(text: str) -> bytes:
     cache = _QP_LINES
     if len(cache) > _QP_CACHE_LINES:
         cache.clear()  # the lines of recipients' own values, mostly: start again
-    out = []
-    for line in lines:
-        encoded = cache.get(line)
-        if encoded is None:
-            encoded = _qp(line + "\n")
-            cache[line] = encoded
-        out.append(encoded)
+    out = list(map(cache.get, lines))
+    if None in out:
+        for index, line in enumerate(lines):
+            if out[index] is None:
+                out[index] = cache[line] = _qp(line + "\n")
     out.append(_qp(last))
-    return b"".join(out)
+    return b"".join(out)  # type: ignore[arg-type]  # no None is left
 
 
 def _qp(text: str) -> bytes:

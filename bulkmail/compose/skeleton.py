@@ -135,6 +135,7 @@ class _Entry:
     order: tuple[int, ...] = ()  # slot index for each gap between pieces
     places: dict[int, _Place] = field(default_factory=dict)
     links: tuple[_Link, ...] = ()
+    linked: frozenset[int] = frozenset()  # the values in those links
     checks_left: int = 0
     text: tuple[tuple[str, ...], tuple[int, ...]] | None = None  # the text part, cut likewise
 
@@ -287,7 +288,8 @@ class SkeletonInliner:
         places.update((first + k, link.place) for k, link in enumerate(found.links))
         if sorted(order) != sorted(places):
             return _Entry(None)  # a token was dropped or repeated
-        return _Entry(pieces, order, places, tuple(found.links), checks_left=self._check)
+        linked = frozenset(found.linked)
+        return _Entry(pieces, order, places, tuple(found.links), linked, checks_left=self._check)
 
     def _cut_links(self, out: str, links: list[_Link], first: int) -> str | None:
         """premailer's output with each whole link's value replaced by the token of its
@@ -394,22 +396,12 @@ class SkeletonInliner:
     # --- per recipient -----------------------------------------------------------------
 
     def _values_fit(self, entry: _Entry, values: tuple[str, ...]) -> bool:
+        places, linked = entry.places, entry.linked
         for i, value in enumerate(values):
-            place = entry.places.get(i)
-            linked = place is None and any(i in link.slots for link in entry.links)
-            if place is None and not linked:
-                continue  # kept in the skeleton as it is
-            if _RISKY.search(value) or "\r" in value or "<" in value or ">" in value:
-                return False  # (escaped values hold no < or >: these are |safe-less raw)
-            if _OPEN_REFERENCE.search(value):
-                return False  # could end in a reference with what follows
-            if place is not None and place.tag == COMMENT and "-" in value:
-                return False  # "--" could end or upset the comment
-            if (linked or (place is not None and place.attribute is not None)) and (
-                _QUOTES.search(value) or (not linked and value != value.strip())
-            ):
+            place = places.get(i) or (_IN_LINK if i in linked else None)
+            if place is not None and not _fits(place, value):
                 return False
-        return True
+        return True  # (the other values are kept in the skeleton as they are)
 
     def _link(self, link: _Link, values: tuple[str, ...]) -> str:
         """A recipient's whole link as premailer writes it: read as the parser reads it
@@ -422,10 +414,11 @@ class SkeletonInliner:
         return _written(link.place, html.escape(url))
 
     @staticmethod
-    @functools.lru_cache(maxsize=4096)
     def _serialise(place: _Place, value: str) -> str:
         """How lxml writes ``value`` (as escaped in the document) in such a place."""
-        return _written(place, value)
+        if _unchanged(place).issuperset(value):
+            return value  # the common case, without a parse: an address, a plain name
+        return _serialise_cached(place, value)
 
     def _slow(self, doc: Slotted) -> tuple[str, str]:
         self.stats.slow += 1
@@ -515,6 +508,39 @@ def _written(place: _Place, value: str) -> str:
     return out[start : out.index('">x<', start)]
 
 
+_IN_LINK = _Place("href", "")  # a value in a whole link (no element has the tag "")
+_PRINTABLE = frozenset(map(chr, range(0x20, 0x7F)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _fits(place: _Place, value: str) -> bool:
+    """Whether ``value`` (escaped) serialises in ``place`` as it does in the real document."""
+    if _RISKY.search(value) or "\r" in value or "<" in value or ">" in value:
+        return False  # (escaped values hold no < or >: these are |safe-less raw)
+    if _OPEN_REFERENCE.search(value):
+        return False  # could end in a reference with what follows
+    if place.tag == COMMENT:
+        return "-" not in value  # "--" could end or upset the comment
+    if place.attribute is not None:
+        # Whitespace at the ends of a value cut out alone: the start of an href is stripped.
+        return not _QUOTES.search(value) and (place == _IN_LINK or value == value.strip())
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _unchanged(place: _Place) -> frozenset[str]:
+    """The printable ASCII characters lxml writes as they are in ``place``: escaping (of
+    text, attributes, and URIs in ``href``) goes character by character, so a value of
+    these alone is written as it is. ``&`` never: it starts a reference."""
+    probe = {c for c in _PRINTABLE - {"&"} if _written(place, f"a{c}a") == f"a{c}a"}
+    return frozenset(probe)
+
+
+@functools.lru_cache(maxsize=4096)
+def _serialise_cached(place: _Place, value: str) -> str:
+    return _written(place, value)
+
+
 def _put(cache: OrderedDict[Any, Any], key: object, value: object, limit: int) -> None:
     cache[key] = value
     if len(cache) > limit:
@@ -541,24 +567,35 @@ def _join(pieces: tuple[str, ...], order: tuple[int, ...], values: list[str]) ->
 _WHITESPACE = re.compile(r"\s+")
 
 
-@functools.lru_cache(maxsize=4096)
+_AS_WRITTEN = re.compile(r"[\x20-\x7e]*\Z")
+_NOT_AS_WRITTEN = frozenset("&<>\"'")
+
+
 def _shown(place: _Place, written: str) -> str | None:
     """A value as the text converter reads it in ``place`` (``written`` is how it stands
     in the HTML), if it folds like a single word there; else None."""
     if place.tag == COMMENT:
         return None  # never shown: a token from a comment in the text is a surprise
-    if place.attribute is None:
-        root = etree.fromstring(f"<html><body><p>{written}</p></body></html>", etree.HTMLParser())
-        value = "".join(root.itertext())
-    elif place.attribute == "href" and place.tag == "a":
-        root = etree.fromstring(
-            f'<html><body><a href="{written}">x</a></body></html>', etree.HTMLParser()
-        )
-        value = root.find(".//a").get("href", "")
-        if value.startswith("#"):
-            return None  # an anchor: the converter shows no URL
-    else:
+    if place.attribute is not None and (place.attribute, place.tag) != ("href", "a"):
         return None  # the converter shows no other attribute
+    if _AS_WRITTEN.match(written) and _NOT_AS_WRITTEN.isdisjoint(written):
+        value = written  # no reference, no markup, no quote: the parser reads it as it is
+    else:
+        value = _read(place, written)
+    if place.attribute is not None and value.startswith("#"):
+        return None  # an anchor: the converter shows no URL
     if not value or value != value.strip() or _WHITESPACE.sub(" ", value) != value:
         return None
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _read(place: _Place, written: str) -> str:
+    """The text, or the link of an ``<a>``, as the parser reads ``written`` there."""
+    if place.attribute is None:
+        root = etree.fromstring(f"<html><body><p>{written}</p></body></html>", etree.HTMLParser())
+        return "".join(root.itertext())
+    root = etree.fromstring(
+        f'<html><body><a href="{written}">x</a></body></html>', etree.HTMLParser()
+    )
+    return str(root.find(".//a").get("href", ""))
