@@ -18,6 +18,8 @@ from bulkmail.compose.skeleton import (
     OPEN,
     SkeletonInliner,
     Slotted,
+    _attribute_value,
+    _attribute_value_parsed,
     _Place,
     _read,
     _shown,
@@ -177,3 +179,4 @@ def test_values_written_without_a_parse_are_what_lxml_writes(value: str) -> None
         assert SkeletonInliner._serialise(place, value) == _written(place, value), place
         shown = _shown(place, value)
         assert shown is None or shown == _read(place, value), place
+    assert _attribute_value(value) == _attribute_value_parsed(value)

@@ -411,7 +411,7 @@ class SkeletonInliner:
             out += (_attribute_value(values[slot]), part)
         assert self._base_url is not None  # links are only cut with a base URL
         url = premailer_link(link.place.attribute or "", "".join(out), self._base_url)
-        return _written(link.place, html.escape(url))
+        return self._serialise(link.place, html.escape(url))
 
     @staticmethod
     def _serialise(place: _Place, value: str) -> str:
@@ -482,10 +482,16 @@ def _kept(attribute: str, value: str) -> bool:
     return value.startswith("cid:")
 
 
-@functools.lru_cache(maxsize=4096)
 def _attribute_value(written: str) -> str:
     """A value as the parser reads it in a quoted attribute (``written`` is how it stands
     in the document: escaped)."""
+    if _AS_WRITTEN.match(written) and _NOT_AS_WRITTEN.isdisjoint(written):
+        return written  # no reference, no quote: the parser reads it as it is
+    return _attribute_value_parsed(written)
+
+
+@functools.lru_cache(maxsize=4096)
+def _attribute_value_parsed(written: str) -> str:
     root = etree.fromstring(
         f'<html><body><p title="{written}"></p></body></html>', etree.HTMLParser()
     )
