@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import grp
 import imaplib
 import itertools
 import os
@@ -66,6 +67,7 @@ class _Users:
 
     login: str  # default_login_user: the pre-login processes
     internal: str  # default_internal_user: auth workers and such
+    internal_group: str  # default_internal_group: owns the internal sockets
     mail_uid: int
     mail_gid: int
 
@@ -76,9 +78,10 @@ def _users() -> _Users:
     non-root master cannot switch users."""
     if os.geteuid() == 0:
         mail = pwd.getpwnam(_MAIL_USER_WHEN_ROOT)
-        return _Users("dovenull", "dovecot", mail.pw_uid, mail.pw_gid)
+        return _Users("dovenull", "dovecot", "dovecot", mail.pw_uid, mail.pw_gid)
     me = pwd.getpwuid(os.geteuid())
-    return _Users(me.pw_name, me.pw_name, me.pw_uid, me.pw_gid)
+    group = grp.getgrgid(os.getegid()).gr_name
+    return _Users(me.pw_name, me.pw_name, group, me.pw_uid, os.getegid())
 
 
 class Dovecot:
@@ -169,6 +172,7 @@ log_path = {self.log_file}
 instance_name = bulkmail-test-{root.name}
 default_login_user = {users.login}
 default_internal_user = {users.internal}
+default_internal_group = {users.internal_group}
 first_valid_uid = 1
 first_valid_gid = 0
 {self._tls_config()}
@@ -185,10 +189,12 @@ userdb {{
 }}
 # No growing delay for an address that failed to log in (anvil's auth penalty).
 service anvil {{
+  chroot =
   unix_listener anvil-auth-penalty {{
     mode = 0
   }}
 }}
+{_no_chroot("ipc", "old-stats", "aggregator")}
 mail_location = maildir:~/Maildir
 mail_fsync = never
 namespace inbox {{
@@ -206,7 +212,7 @@ namespace inbox {{
 
     def _listeners(self, protocol: MailboxProtocol) -> str:
         """The login service of ``protocol``: its port in clear (STARTTLS when TLS is on),
-        and its implicit-TLS port. No chroot: a non-root master cannot."""
+        and its implicit-TLS port. No chroot (see _no_chroot)."""
         implicit = ""
         if self.tls:
             implicit = f"""
@@ -371,6 +377,12 @@ class Account:
         found = re.search(rb"MESSAGES (\d+)", data[0] if isinstance(data[0], bytes) else b"")
         assert found is not None, data
         return int(found.group(1))
+
+
+def _no_chroot(*services: str) -> str:
+    """Service blocks that keep their processes out of a chroot, which a master that is not
+    root cannot set up (the login services say so in their own blocks)."""
+    return "\n".join(f"service {name} {{\n  chroot =\n}}" for name in services)
 
 
 def _ok(response: tuple[str, Any]) -> None:

@@ -221,11 +221,11 @@ class _Server:
             reason = exc.strerror or str(exc) or type(exc).__name__
             return MailboxError(f"{self}: {_DOING[stage]} failed: {reason}")
         text = _server_text(exc)
+        if isinstance(exc, imaplib.IMAP4.abort):
+            return MailboxError(f"{self}: the connection was lost while {_DOING[stage]}: {text}")
         if stage == "login":
             user = f"{self.settings.username}@{self.where}"
             return MailboxError(f"{self.label} login refused for {user}: {text}")
-        if isinstance(exc, imaplib.IMAP4.abort):
-            return MailboxError(f"{self}: the connection was lost while {_DOING[stage]}: {text}")
         return MailboxError(f"{self}: {_DOING[stage]} failed: {text}")
 
     def _tls_failure(self, exc: ssl.SSLError, stage: Stage) -> str:
@@ -350,7 +350,13 @@ class ImapMailbox(Mailbox):
         """Select ``folder`` read-write: its UIDVALIDITY, and whether it takes keywords."""
         client, server = self._client, self._server
         with server.translating("select"):
-            typ, data = client.select(_quoted(folder))
+            try:
+                typ, data = client.select(_quoted(folder))
+            except imaplib.IMAP4.readonly as exc:
+                raise MailboxError(
+                    f"{server}: folder {folder!r} is read-only for {server.settings.username};"
+                    " bulkmail needs to mark the messages it has processed"
+                ) from exc
             if typ != "OK":
                 raise MailboxError(_select_problem(server, folder, data))
             _, validity = client.response("UIDVALIDITY")
