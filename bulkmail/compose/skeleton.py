@@ -116,8 +116,7 @@ class _Place(NamedTuple):
     tag: str  # the element, or COMMENT
 
 
-@dataclass(frozen=True)
-class _Link:
+class _Link(NamedTuple):
     """An ``href`` or ``src`` holding values, which premailer joins to the base URL whole:
     cut out of the inlined skeleton whole, and made anew for each recipient."""
 
@@ -404,14 +403,9 @@ class SkeletonInliner:
         return True  # (the other values are kept in the skeleton as they are)
 
     def _link(self, link: _Link, values: tuple[str, ...]) -> str:
-        """A recipient's whole link as premailer writes it: read as the parser reads it
-        in the real document, joined to the base URL, serialised by lxml."""
-        out = [link.parts[0]]
-        for slot, part in zip(link.slots, link.parts[1:], strict=True):
-            out += (_attribute_value(values[slot]), part)
+        """A recipient's whole link as premailer writes it (see `_made_link`)."""
         assert self._base_url is not None  # links are only cut with a base URL
-        url = premailer_link(link.place.attribute or "", "".join(out), self._base_url)
-        return self._serialise(link.place, html.escape(url))
+        return _made_link(link, tuple(values[slot] for slot in link.slots), self._base_url)
 
     @staticmethod
     def _serialise(place: _Place, value: str) -> str:
@@ -480,6 +474,17 @@ def _kept(attribute: str, value: str) -> bool:
     if attribute == "href":
         return value.startswith(("#", "tel:"))
     return value.startswith("cid:")
+
+
+@functools.lru_cache(maxsize=4096)
+def _made_link(link: _Link, values: tuple[str, ...], base_url: str) -> str:
+    """The link with these values (escaped, one per slot) as premailer writes it: read as
+    the parser reads it in the real document, joined to the base URL, written by lxml."""
+    out = [link.parts[0]]
+    for value, part in zip(values, link.parts[1:], strict=True):
+        out += (_attribute_value(value), part)
+    url = premailer_link(link.place.attribute or "", "".join(out), base_url)
+    return SkeletonInliner._serialise(link.place, html.escape(url))
 
 
 def _attribute_value(written: str) -> str:
@@ -577,6 +582,7 @@ _AS_WRITTEN = re.compile(r"[\x20-\x7e]*\Z")
 _NOT_AS_WRITTEN = frozenset("&<>\"'")
 
 
+@functools.lru_cache(maxsize=4096)
 def _shown(place: _Place, written: str) -> str | None:
     """A value as the text converter reads it in ``place`` (``written`` is how it stands
     in the HTML), if it folds like a single word there; else None."""
