@@ -120,7 +120,7 @@ def _qp(text: str) -> bytes:
 
 
 _QP_LINES: dict[str, bytes] = {}
-_QP_CACHE_LINES = 8192
+_QP_CACHE_LINES = 2048
 
 
 def _body_part(subtype: str, text: str) -> bytes:

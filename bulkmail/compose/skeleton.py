@@ -476,7 +476,7 @@ def _kept(attribute: str, value: str) -> bool:
     return value.startswith("cid:")
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _made_link(link: _Link, values: tuple[str, ...], base_url: str) -> str:
     """The link with these values (escaped, one per slot) as premailer writes it: read as
     the parser reads it in the real document, joined to the base URL, written by lxml."""
@@ -495,7 +495,7 @@ def _attribute_value(written: str) -> str:
     return _attribute_value_parsed(written)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _attribute_value_parsed(written: str) -> str:
     root = etree.fromstring(
         f'<html><body><p title="{written}"></p></body></html>', etree.HTMLParser()
@@ -523,7 +523,7 @@ _IN_LINK = _Place("href", "")  # a value in a whole link (no element has the tag
 _PRINTABLE = frozenset(map(chr, range(0x20, 0x7F)))
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _fits(place: _Place, value: str) -> bool:
     """Whether ``value`` (escaped) serialises in ``place`` as it does in the real document."""
     if _RISKY.search(value) or "\r" in value or "<" in value or ">" in value:
@@ -547,7 +547,7 @@ def _unchanged(place: _Place) -> frozenset[str]:
     return frozenset(probe)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _serialise_cached(place: _Place, value: str) -> str:
     return _written(place, value)
 
@@ -582,7 +582,7 @@ _AS_WRITTEN = re.compile(r"[\x20-\x7e]*\Z")
 _NOT_AS_WRITTEN = frozenset("&<>\"'")
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _shown(place: _Place, written: str) -> str | None:
     """A value as the text converter reads it in ``place`` (``written`` is how it stands
     in the HTML), if it folds like a single word there; else None."""
@@ -601,7 +601,7 @@ def _shown(place: _Place, written: str) -> str | None:
     return value
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _read(place: _Place, written: str) -> str:
     """The text, or the link of an ``<a>``, as the parser reads ``written`` there."""
     if place.attribute is None:
