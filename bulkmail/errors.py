@@ -156,7 +156,9 @@ class RecipientRefused(DeliveryError):
 
 
 class MailboxError(DeliveryError):
-    """The mailbox bounces come back to can't be read: unreachable, TLS, login, folder."""
+    """The mailbox bounces come back to can't be read: unreachable, TLS not trusted, login
+    refused, no such folder, or a server that can't do what bulkmail needs (POP3 without
+    UIDL)."""
 
 
 class JournalError(BulkmailError):

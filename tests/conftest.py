@@ -468,3 +468,14 @@ class DataHold:
 
     def release(self) -> None:
         self._released.set()
+
+
+@pytest.fixture(scope="session")
+def dovecot(ca: trustme.CA) -> Iterator[Any]:
+    """A private Dovecot (tests/dovecot.py) on 127.0.0.1 for the whole session: IMAP and POP3,
+    each with STARTTLS and implicit TLS. Each test takes its own `dovecot.account()`.
+    Skipped when Dovecot is not installed."""
+    from dovecot import running_dovecot
+
+    with running_dovecot(ca) as server:
+        yield server

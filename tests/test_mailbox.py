@@ -20,10 +20,10 @@ import trustme
 from conftest import free_port
 from dovecot import PASSWORD, Account, Dovecot, running_dovecot
 
+from bulkmail.errors import MailboxError
 from bulkmail.feedback.mailbox import (
     PROCESSED_KEYWORD,
     FetchedMessage,
-    MailboxError,
     open_mailbox,
 )
 from bulkmail.models import MailboxProtocol, Security

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import getpass
 import importlib.metadata
@@ -26,17 +27,25 @@ from bulkmail import (
     CampaignError,
     CheckReport,
     Event,
+    InboxReport,
     Location,
     PreflightError,
     SendPlan,
     SendReport,
+    add_suppressions,
     campaign_status,
     check_campaign,
+    export_suppressions,
+    list_suppressions,
+    load_campaign,
     preview_campaign,
+    read_inbox,
+    remove_suppressions,
     send_campaign,
     send_test,
     write_failed_csv,
     write_starter,
+    write_suppressions_csv,
 )
 from bulkmail.cli.terminal import Signals, Stream, guard_output
 from bulkmail.sizes import format_size
@@ -669,6 +678,9 @@ def status(
     table.add_column("recipients", justify="right")
     for key, count in summary.counts.items():
         table.add_row(key.value, f"{count:,}")
+    for kind, count in summary.feedback.items():
+        if count:  # what `bulkmail inbox` found came back, of the mails accepted
+            table.add_row(f"  then {kind}", f"{count:,}")
     out.print(table)
     out.print(
         f"runs: {summary.runs}; started {data['started']}; last accepted {data['last_sent']}"
@@ -683,6 +695,181 @@ def status(
                 "(--resend-uncertain sends it again)"
             )
         )
+
+
+@app.command(cls=_Command)
+def inbox(
+    campaign: CampaignArg,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show what would be done; change nothing anywhere."),
+    ] = False,
+    delete: Annotated[
+        bool,
+        typer.Option(
+            "--delete",
+            help="Delete the bounces, complaints, unsubscribe requests and auto-replies "
+            "handled (never a person's reply).",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read bounces, complaints and unsubscribe requests from the campaign's mailbox
+    (inbox:) into the suppression list that every later send skips.
+
+    Example: bulkmail inbox campaigns/june.yaml --dry-run
+    """
+    with user_errors():
+        report = read_inbox(
+            load_campaign(campaign), dry_run=dry_run, delete=delete, prompt=_password_prompt()
+        )
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        return
+    _show_inbox_report(report)
+
+
+def _show_inbox_report(report: InboxReport) -> None:
+    dry = report.dry_run
+    table = rich.table.Table(
+        title=f"{escape(report.mailbox)}" + (" (dry run: nothing changed)" if dry else ""),
+        title_justify="left",
+    )
+    table.add_column("message")
+    table.add_column("count", justify="right")
+    labels = {
+        "hard_bounce": "hard bounces",
+        "soft_bounce": "soft bounces",
+        "delayed": "delay notices",
+        "complaint": "complaints",
+        "unsubscribe": "unsubscribe requests",
+        "auto_reply": "auto-replies (ignored)",
+        "other": "other mail (left for you)",
+    }
+    for kind, label in labels.items():
+        table.add_row(label, f"{report.counts.get(kind, 0):,}")
+    out.print(table)
+    for handled in report.handled:
+        if handled.kind in ("auto_reply", "other", "delayed"):
+            continue
+        who = f"{handled.address}: " if handled.address else ""
+        out.print(escape(f"{handled.action}: {who}{handled.reason}"), soft_wrap=True)
+    verb = "would be suppressed" if dry else "suppressed"
+    parts = [f"{report.messages:,} new messages", f"{report.suppressed:,} addresses {verb}"]
+    if report.unmatched:
+        parts.append(f"{report.unmatched:,} about mail not sent from here (suppressing nobody)")
+    if report.already:
+        parts.append(f"{report.already:,} read before, passed over")
+    if report.deleted:
+        parts.append(f"{report.deleted:,} deleted")
+    out.print("; ".join(parts))
+
+
+suppress_app = typer.Typer(
+    cls=_Group,
+    no_args_is_help=True,
+    help="The suppression list: addresses no campaign of the folder mails again "
+    "(filled by bulkmail inbox; shared by the campaigns beside this one).\n\n"
+    "Example: bulkmail suppress list campaigns/june.yaml",
+)
+app.add_typer(suppress_app, name="suppress")
+AddressesArg = Annotated[list[str], typer.Argument(help="One or more addresses.")]
+
+
+@suppress_app.command("list", cls=_Command)
+def suppress_list(campaign: CampaignArg, as_json: JsonOpt = False) -> None:
+    """Show every suppressed address, why, and since when.
+
+    Example: bulkmail suppress list campaigns/june.yaml
+    """
+    with user_errors():
+        entries = list_suppressions(load_campaign(campaign))
+    if as_json:
+        rows = [
+            {
+                "email": e.email,
+                "reason": e.reason,
+                "campaign": e.campaign,
+                "added": _iso_day(e.added),
+                "detail": e.detail,
+            }
+            for e in entries
+        ]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    table = rich.table.Table(title=f"{len(entries):,} suppressed", title_justify="left")
+    for column in ("email", "reason", "campaign", "added", "detail"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(
+            *(escape(v) for v in (e.email, e.reason, e.campaign or "", _iso_day(e.added))),
+            escape(e.detail),
+        )
+    out.print(table)
+
+
+def _iso_day(timestamp: float) -> str:
+    """A time in ISO 8601, to the second, in this machine's time zone."""
+    return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+@suppress_app.command("add", cls=_Command)
+def suppress_add(
+    campaign: CampaignArg,
+    addresses: AddressesArg,
+    note: Annotated[str, typer.Option("--note", help="Why (shown by suppress list).")] = "",
+) -> None:
+    """Never mail these addresses again (from any campaign of this folder).
+
+    Example: bulkmail suppress add campaigns/june.yaml ann@example.com --note "asked by phone"
+    """
+    with user_errors():
+        changes = add_suppressions(load_campaign(campaign), addresses, note)
+    for change in changes:
+        before = change.before
+        state = (
+            "suppressed" if change.changed else f"already suppressed ({before and before.reason})"
+        )
+        out.print(escape(f"{change.address}: {state}"))
+
+
+@suppress_app.command("remove", cls=_Command)
+def suppress_remove(campaign: CampaignArg, addresses: AddressesArg) -> None:
+    """Take addresses off the list: the next send mails them again.
+
+    Example: bulkmail suppress remove campaigns/june.yaml ann@example.com
+    """
+    with user_errors():
+        changes = remove_suppressions(load_campaign(campaign), addresses)
+    for change in changes:
+        before = change.before
+        state = (
+            f"removed (was: {before.reason})" if change.changed and before else "not on the list"
+        )
+        out.print(escape(f"{change.address}: {state}"))
+    if not any(change.changed for change in changes):
+        raise typer.Exit(1)
+
+
+@suppress_app.command("export", cls=_Command)
+def suppress_export(
+    campaign: CampaignArg,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", dir_okay=False, help="Write to this CSV file (else stdout)."),
+    ] = None,
+) -> None:
+    """Write the list as CSV: email, reason, campaign, added, detail.
+
+    Example: bulkmail suppress export campaigns/june.yaml -o suppressed.csv
+    """
+    with user_errors():
+        loaded = load_campaign(campaign)
+        if out_file is None:
+            count = export_suppressions(loaded, sys.stdout)
+        else:
+            count = write_suppressions_csv(loaded, out_file)
+    err.print(f"{count:,} suppressed addresses")
 
 
 @app.command(cls=_Command)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
-from bulkmail.errors import BulkmailError
+from bulkmail.errors import MailboxError
 from bulkmail.models import InboxSettings, SmtpSettings
 
 # The keyword that marks a message this mailbox has handled (RFC 3501 keyword syntax).
@@ -66,13 +66,6 @@ _DOING: dict[Stage, str] = {
 }
 # The errors the clients let through: their own, and OSError (socket, ssl, timeouts).
 _CLIENT_ERRORS = (imaplib.IMAP4.error, poplib.error_proto, OSError)
-
-
-class MailboxError(BulkmailError):
-    """The mailbox cannot be read: unreachable, TLS not trusted, login refused, no such
-    folder, or a server that cannot do what bulkmail needs (POP3 without UIDL)."""
-
-    exit_code = 4
 
 
 @dataclass(frozen=True)
