@@ -65,6 +65,7 @@ STATUS_KEYS = [
     "started",
     "last_sent",
     "rate_per_second",
+    "feedback",
     "failed",
     "uncertain",
 ]
@@ -193,6 +194,7 @@ def test_a_campaign_never_run_as_data(campaign: Campaign) -> None:
         "started": None,
         "last_sent": None,
         "rate_per_second": None,
+        "feedback": {},
         "failed": [],
         "uncertain": [],
     }
