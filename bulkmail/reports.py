@@ -215,6 +215,9 @@ class Handled:
     action: str  # what was done: "suppressed", "counted", "not ours: ...", ...
     address: str | None = None  # whom it concerns, when known
     campaign: str | None = None  # whose mail it answers, when known
+    # False: left as it came (not tied to a mail sent from here, or naming nobody), so
+    # never deleted.
+    acted: bool = True
 
     def to_dict(self) -> dict[str, object]:
         return {

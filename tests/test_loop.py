@@ -498,3 +498,19 @@ def test_a_bounce_naming_the_address_an_alias_led_to_is_the_readers(
 
     assert report.suppressed == 1
     assert suppressed(campaign) == {"reader1@example.com": "hard_bounce"}
+
+
+def test_without_return_path_a_bounce_is_tied_by_its_message_id(
+    campaign: CampaignDir, smtpd: Server, account: Account
+) -> None:
+    campaign.write(return_path=None)
+    send_campaign(campaign.yaml_path)
+    original = received_by(smtpd, "reader1@example.com")
+    assert original.mail_from == "news@example.com"
+    account.deliver(dsn(original, "reader1@example.com", "5.1.1", "550 5.1.1 unknown"))
+
+    report = read_inbox(load_campaign(campaign.yaml_path))
+
+    assert (report.suppressed, report.unmatched) == (1, 0)
+    assert report.handled[0].campaign == "test-campaign"
+    assert suppressed(campaign) == {"reader1@example.com": "hard_bounce"}

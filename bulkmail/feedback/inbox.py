@@ -235,7 +235,7 @@ class _Reader:
             if self.dry_run:
                 continue
             mailbox.mark_processed(message.uid)
-            if self.delete and verdict.kind in _DELETABLE and not handled.action.startswith("not"):
+            if self.delete and verdict.kind in _DELETABLE and handled.acted:
                 mailbox.delete(message.uid)
                 self.report.deleted += 1
 
@@ -250,14 +250,16 @@ class _Reader:
             address = verdict.recipients[0] if verdict.recipients else None
             if address is None:
                 self._remember(store, uid, kind)
-                return Handled(uid, kind, verdict.reason, "not acted on: no sender address")
+                return Handled(
+                    uid, kind, verdict.reason, "not acted on: no sender address", acted=False
+                )
             match = journals.by_address(address, prefer=verdict.campaign)
             return self._suppress(uid, verdict, address, match, store, journals)
         match, problem = self._attribute(verdict, journals)
         if match is None:
             self.report.unmatched += 1
             self._remember(store, uid, kind)
-            return Handled(uid, kind, verdict.reason, f"not ours: {problem}")
+            return Handled(uid, kind, verdict.reason, f"not ours: {problem}", acted=False)
         return self._suppress(uid, verdict, match.entry.email, match, store, journals)
 
     def _attribute(self, verdict: Verdict, journals: _Journals) -> tuple[_Match | None, str]:
