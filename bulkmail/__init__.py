@@ -37,7 +37,7 @@ if typing.TYPE_CHECKING:
         remove_suppressions,
         write_suppressions_csv,
     )
-    from bulkmail.journal.sqlite import Entry, Summary
+    from bulkmail.journal.records import Entry, Summary
     from bulkmail.journal.status import campaign_status, write_failed_csv
     from bulkmail.load.campaign import load_campaign
     from bulkmail.models import (

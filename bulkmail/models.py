@@ -25,6 +25,15 @@ STORE_FILE = "suppressions.db"
 
 
 @dataclass(frozen=True)
+class Rate:
+    """At most ``per_second`` mails per second on average, ``burst`` of them back to back."""
+
+    per_second: float | None  # None: no limit
+    burst: int = 1
+    text: str = "unlimited"  # as the user wrote it, e.g. "5 per second"
+
+
+@dataclass(frozen=True)
 class SmtpSettings:
     """How to reach the user's submission server. The password itself is never stored here."""
 
@@ -40,6 +49,16 @@ class SmtpSettings:
     # Log in over a connection without TLS to a host other than this machine (the
     # password crosses the network readable): only when the user said so.
     allow_plaintext_auth: bool = False
+    # With several relays (`smtp:` a list): this relay's share of the mails, relative to
+    # the others' weights, and its own pace (None: only the campaign's `rate:`).
+    weight: float = 1.0
+    rate: Rate | None = None
+
+    @property
+    def name(self) -> str:
+        """Names the relay in messages: ``user@host:port`` (never a password)."""
+        who = f"{self.username}@" if self.username else ""
+        return f"{who}{self.host}:{self.port}"
 
     @property
     def host_is_loopback(self) -> bool:
@@ -76,16 +95,27 @@ class SmtpSettings:
         )
 
 
-@dataclass(frozen=True)
-class Rate:
-    """At most ``per_second`` mails per second on average, ``burst`` of them back to back."""
-
-    per_second: float | None  # None: no limit
-    burst: int = 1
-    text: str = "unlimited"  # as the user wrote it, e.g. "5 per second"
-
-
 MailboxProtocol = Literal["imap", "pop3"]
+
+
+DEFAULT_LEASE = 30.0  # seconds a sender's claim on rows outlives its last heartbeat
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """A journal kept in PostgreSQL (`journal: postgresql://user@host/db`), which several
+    senders of one campaign share. ``url`` never holds a password: libpq finds it
+    (PGPASSWORD, ~/.pgpass, a service file) or ``password_env`` names the variable."""
+
+    url: str
+    password_env: str | None = None
+    # A sender that stops heartbeating for this long loses its claim on its unsent rows.
+    lease: float = DEFAULT_LEASE
+
+    @property
+    def name(self) -> str:
+        """Names the database in messages: the URL as written (it holds no password)."""
+        return self.url
 
 
 @dataclass(frozen=True)
@@ -187,7 +217,11 @@ class Campaign:
     attachments: tuple[AttachmentSpec, ...] = ()
     unsubscribe: Unsubscribe | None = None
     suppress: Path | None = None
-    smtp: SmtpSettings | None = None
+    smtp: SmtpSettings | None = None  # the first relay (the only one, usually)
+    # Every relay when `smtp:` is a list; () when it is one relay (see `all_relays`).
+    relays: tuple[SmtpSettings, ...] = ()
+    # Where the journal is kept: None, a file in journal_dir; else a PostgreSQL database.
+    journal: PostgresSettings | None = None
     rate: Rate = field(default_factory=lambda: Rate(per_second=None))
     base_url: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -221,6 +255,13 @@ class Campaign:
     def location(self, key: str) -> Location:
         """Where ``key`` stands in the campaign file (the file itself if unknown)."""
         return self.where.get(key, Location(self.path, field=key))
+
+    @property
+    def all_relays(self) -> tuple[SmtpSettings, ...]:
+        """The relays to send through: `relays`, else `smtp` alone, else none."""
+        if self.relays:
+            return self.relays
+        return () if self.smtp is None else (self.smtp,)
 
     @property
     def store_path(self) -> Path:
@@ -338,7 +379,16 @@ class Status(StrEnum):
 # transport's reconnects and 4xx retries (``detail`` says why the run slows down), and a
 # Cc/Bcc copy the server refused while it took the mail for the row's recipient.
 EventKind = Literal[
-    "skipped", "built", "sent", "failed", "uncertain", "reconnect", "retry", "copy-refused"
+    "skipped",
+    "built",
+    "sent",
+    "failed",
+    "uncertain",
+    "reconnect",
+    "retry",
+    "copy-refused",
+    "relay-down",  # a relay was set aside (connect or login failed); the others go on
+    "waiting",  # a sender waits for rows other senders hold (shared journal)
 ]
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bulkmail.errors import CampaignError, DeliveryError, Location
-from bulkmail.journal.sqlite import Entry, Summary
+from bulkmail.journal.records import Entry, Summary
 from bulkmail.models import Attachment, Campaign, FeedbackKind, Recipient, Skipped
 
 

@@ -44,7 +44,8 @@ from bulkmail.errors import (
     DeliveryError,
     Location,
 )
-from bulkmail.journal.sqlite import Entry, Journal, journal_path
+from bulkmail.journal.records import Entry
+from bulkmail.journal.sqlite import Journal, journal_path
 from bulkmail.load.campaign import as_campaign
 from bulkmail.load.recipients import check_address
 from bulkmail.models import (

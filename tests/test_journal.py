@@ -10,7 +10,8 @@ import pytest
 
 import bulkmail.journal.sqlite
 from bulkmail.errors import JournalError
-from bulkmail.journal.sqlite import SCHEMA_VERSION, Entry, Journal, journal_path
+from bulkmail.journal.records import Entry
+from bulkmail.journal.sqlite import SCHEMA_VERSION, Journal, journal_path
 from bulkmail.models import Recipient, Status
 
 

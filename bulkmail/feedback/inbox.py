@@ -30,7 +30,8 @@ from bulkmail.feedback import verp
 from bulkmail.feedback.classify import Verdict, classify
 from bulkmail.feedback.mailbox import Mailbox, open_mailbox
 from bulkmail.feedback.store import SuppressionStore
-from bulkmail.journal.sqlite import Entry, Journal
+from bulkmail.journal.records import Entry
+from bulkmail.journal.sqlite import Journal
 from bulkmail.models import (
     Campaign,
     InboxSettings,

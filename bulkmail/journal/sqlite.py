@@ -31,13 +31,13 @@ import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import filelock
 
 from bulkmail.errors import JournalError, Location, display_path
+from bulkmail.journal.records import FEEDBACK, Entry, Summary
 from bulkmail.models import Recipient, Status, address_key
 from bulkmail.opening import Opened
 
@@ -77,9 +77,6 @@ _TABLES = [
 )""",
 ]
 _TABLE_NAMES = {"meta", "recipients", "runs"}
-# What `bulkmail inbox` found came back for a row's mail, strongest last: a complaint
-# outranks everything, and a soft bounce never hides a hard one.
-FEEDBACK = ("soft-bounced", "bounced", "unsubscribed", "complained")
 _SCHEMA_3 = [
     "ALTER TABLE recipients ADD COLUMN envelope_from TEXT",
     "ALTER TABLE recipients ADD COLUMN feedback TEXT",
@@ -104,42 +101,6 @@ _PERM, _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One recipient's row in the journal."""
-
-    key: str
-    email: str
-    line: int
-    fields: dict[str, str]
-    status: Status
-    attempts: int
-    code: int | None
-    reply: str | None
-    message_id: str | None
-    first_attempt: float | None
-    updated: float
-    envelope_from: str | None = None
-    feedback: str | None = None  # one of FEEDBACK
-    feedback_detail: str | None = None
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Counts per status and the timing of the campaign's runs."""
-
-    counts: dict[Status, int]
-    runs: int
-    started: float | None
-    last_sent: float | None
-    rate: float | None  # accepted mails per second while runs were going
-    feedback: dict[str, int] = field(default_factory=dict)  # rows per FEEDBACK kind
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
 
 
 def journal_path(journal_dir: Path, name: str) -> Path:
@@ -185,6 +146,11 @@ class Journal(Opened):
         )
         self._db: sqlite3.Connection | None = None
         self._run_id: int | None = None
+
+    @property
+    def where(self) -> str:
+        """The journal's file, as messages name it."""
+        return display_path(self.path)
 
     @property
     def _lock_path(self) -> Path:
@@ -463,10 +429,11 @@ class Journal(Opened):
     @_translated
     def sending(
         self, recipient: Recipient, message_id: str, envelope_from: str | None = None
-    ) -> None:
+    ) -> bool:
         """Mark a recipient as being sent, and commit (with any outcome recorded before).
 
         The commit is synced to disk before this returns: only then may the message go.
+        True: one run holds the file, so the row is always this run's to send.
         """
         self.begin_batch()
         now = time.time()
@@ -477,6 +444,7 @@ class Journal(Opened):
             (message_id, envelope_from, now, now, recipient.key),
         )
         self._conn.execute("COMMIT")
+        return True
 
     @_translated
     def outcome(self, recipient: Recipient, status: Status, code: int | None, reply: str) -> None:

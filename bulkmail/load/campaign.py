@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from bulkmail.models import (
     Campaign,
     DkimSettings,
     InboxSettings,
+    PostgresSettings,
     Rate,
     SmtpSettings,
     Unsubscribe,
@@ -31,7 +33,7 @@ TOP_KEYS = (
     "name", "from", "reply_to", "subject", "template", "text_template", "recipients",
     "data", "attachments", "unsubscribe", "suppress", "smtp", "rate", "preview",
     "base_url", "headers", "allow_special_domains", "dkim", "cc", "bcc", "markdown", "layout",
-    "images", "return_path", "inbox", "suppression_store", "soft_bounce_limit",
+    "images", "return_path", "inbox", "suppression_store", "soft_bounce_limit", "journal",
 )  # fmt: skip
 REQUIRED = ("from", "subject", "recipients")  # and a body: template, markdown or text_template
 SMTP_KEYS = (
@@ -42,6 +44,7 @@ INBOX_KEYS = (
     "protocol", "host", "port", "security", "username", "password_env", "folder", "timeout",
     "ca_file", "allow_plaintext_auth",
 )  # fmt: skip
+JOURNAL_KEYS = ("url", "password_env", "lease")
 DKIM_KEYS = ("domain", "selector", "private_key_file", "private_key_env", "algorithm")
 DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 DKIM_DOMAIN = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)+")  # lower case, no final dot
@@ -328,6 +331,7 @@ def _build(root: _Node, path: Path) -> Campaign:
         return_path=return_path,
         return_path_secret_env=return_path_secret_env,
         inbox=opt("inbox", lambda n: _inbox(n, base)),
+        journal=opt("journal", _journal),
         suppression_store=opt("suppression_store", lambda n: n.file(base, must_exist=False)),
         soft_bounce_limit=int(
             opt("soft_bounce_limit", lambda n: n.number(minimum=1, integer=True)) or 3
@@ -666,6 +670,38 @@ def _rate(node: _Node) -> Rate:
         return Rate(per_second=None, burst=burst, text="unlimited")
     text = f"{amount:g} {unit.replace('_', ' ')}"
     return Rate(per_second=amount / RATE_UNITS[unit], burst=burst, text=text)
+
+
+def _journal(node: _Node) -> PostgresSettings:
+    """``journal: postgresql://user@host/db`` or ``{url: ..., password_env: NAME, lease: 30}``:
+    a journal in PostgreSQL, which several senders of the campaign share."""
+    if isinstance(node.node, yaml.MappingNode):
+        fields = node.mapping(JOURNAL_KEYS)
+        if "url" not in fields:
+            raise node.error("needs a 'url', e.g. postgresql://bulkmail@db.example.com/mail")
+        url_node = fields["url"]
+        password_env = (
+            _env_name(fields["password_env"], "password") if "password_env" in fields else None
+        )
+        lease = float(fields["lease"].number(minimum=1)) if "lease" in fields else None
+    else:
+        url_node, password_env, lease = node, None, None
+    url = url_node.text()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise url_node.error(
+            f"{url!r}: the journal is kept in a file by default; `journal:` names a PostgreSQL "
+            "database shared by several senders: postgresql://user@host/database"
+        )
+    query = urllib.parse.parse_qs(parts.query)
+    if parts.password is not None or "password" in query:
+        raise url_node.error(
+            "the URL holds a password: take it out, and give it in PGPASSWORD, ~/.pgpass or "
+            "the variable named by `password_env` (never in the campaign file)"
+        )
+    if lease is None:
+        return PostgresSettings(url=url, password_env=password_env)
+    return PostgresSettings(url=url, password_env=password_env, lease=lease)
 
 
 def _url(node: _Node) -> str:
