@@ -38,7 +38,7 @@ TOP_KEYS = (
 REQUIRED = ("from", "subject", "recipients")  # and a body: template, markdown or text_template
 SMTP_KEYS = (
     "host", "port", "security", "username", "password_env", "timeout", "ca_file",
-    "local_hostname", "max_per_connection", "allow_plaintext_auth",
+    "local_hostname", "max_per_connection", "allow_plaintext_auth", "weight", "rate",
 )  # fmt: skip
 INBOX_KEYS = (
     "protocol", "host", "port", "security", "username", "password_env", "folder", "timeout",
@@ -320,7 +320,7 @@ def _build(root: _Node, path: Path) -> Campaign:
         allow_special_domains=special,
         cc=opt("cc", lambda n: _copies(n, special)) or (),
         bcc=opt("bcc", lambda n: _copies(n, special)) or (),
-        smtp=opt("smtp", lambda n: _smtp(n, base)),
+        **(opt("smtp", lambda n: _relays(n, base)) or {}),
         dkim=opt("dkim", lambda n: _dkim(n, base)),
         rate=opt("rate", _rate) or DEFAULT_RATE,
         preview_out=preview_out,
@@ -466,12 +466,31 @@ def _unsubscribe(node: _Node) -> Unsubscribe:
     return Unsubscribe(url=url, mailto=mailto)
 
 
+def _relays(node: _Node, base: Path) -> dict[str, Any]:
+    """``smtp:``: one relay (a mapping), or several (a list of them), which share the mails
+    by weight. The Campaign's ``smtp`` is the first relay; ``relays`` all of them when
+    ``smtp:`` is a list (else empty)."""
+    if not isinstance(node.node, yaml.SequenceNode):
+        return {"smtp": _smtp(node, base)}
+    relays: list[SmtpSettings] = []
+    seen: dict[str, str] = {}  # relay name -> the item that named it first
+    for item in node.items():
+        relay = _smtp(item, base)
+        if relay.name in seen:
+            raise item.error(f"{relay.name} is already {seen[relay.name]}: give each relay once")
+        seen[relay.name] = item.field
+        relays.append(relay)
+    if not relays:
+        raise node.error("an empty list: give one relay (a mapping) or a list of them")
+    return {"smtp": relays[0], "relays": tuple(relays)}
+
+
 def _smtp(node: _Node, base: Path) -> SmtpSettings:
+    """One relay: a mapping of SMTP_KEYS (``node.field`` names it in errors: ``smtp`` or
+    ``smtp[2]`` in a list); ``weight`` and ``rate`` matter when there are several."""
     fields = node.mapping((*SMTP_KEYS, "password"))
     if "password" in fields:
-        raise _Node(fields["password"].node, node.path, "smtp.password").error(
-            _unknown_key("password", SMTP_KEYS)
-        )
+        raise fields["password"].error(_unknown_key("password", SMTP_KEYS))
     if "host" not in fields:
         raise node.error("needs a 'host'")
     security = fields["security"].text() if "security" in fields else "ssl"
@@ -492,6 +511,7 @@ def _smtp(node: _Node, base: Path) -> SmtpSettings:
             f"{password_env!r}: must be the name of an environment variable, not the password"
         )
     max_per = get("max_per_connection", lambda n: int(n.number(minimum=1, integer=True)))
+    weight = get("weight", _weight)
     settings = SmtpSettings(
         host=fields["host"].text(),
         port=port or DEFAULT_PORTS[security],
@@ -503,11 +523,21 @@ def _smtp(node: _Node, base: Path) -> SmtpSettings:
         local_hostname=get("local_hostname", _hostname),
         max_per_connection=max_per,
         allow_plaintext_auth=bool(get("allow_plaintext_auth", _flag)),
+        weight=1.0 if weight is None else weight,
+        rate=get("rate", _rate),
     )
     problem = settings.plaintext_auth_problem()  # found here, before anything is sent
     if problem is not None:
         raise fields["username"].error(problem)
     return settings
+
+
+def _weight(node: _Node) -> float:
+    """A relay's share of the mails relative to the others': a number above 0."""
+    weight = float(node.number(minimum=0))
+    if weight <= 0:
+        raise node.error("must be a number above 0 (a relay's share of the mails), not 0")
+    return weight
 
 
 def _env_name(node: _Node, what: str) -> str:
