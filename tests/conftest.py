@@ -479,3 +479,14 @@ def dovecot(ca: trustme.CA) -> Iterator[Any]:
 
     with running_dovecot(ca) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A private PostgreSQL (tests/postgres.py) on 127.0.0.1 for the whole session, with a
+    role that logs in with a password. Each test takes its own `postgres.database()`.
+    Skipped when PostgreSQL is not installed."""
+    from postgres import running_postgres
+
+    with running_postgres() as server:
+        yield server

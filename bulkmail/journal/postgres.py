@@ -356,6 +356,8 @@ class PostgresJournal(Opened):
     def outstanding(self, statuses: Collection[Status]) -> tuple[int, int]:
         """Of this campaign's rows with one of ``statuses``: how many this sender could
         claim now, and how many other senders hold (alive, or dead less than a lease ago)."""
+        if not self._ready():
+            return 0, 0
         row = self._conn.execute(
             f"SELECT count(*) FILTER (WHERE {_FREE}), count(*) FILTER (WHERE NOT {_FREE}) "
             "FROM bulkmail_recipients WHERE campaign = %(campaign)s "
@@ -386,6 +388,8 @@ class PostgresJournal(Opened):
     @_translated
     def senders(self) -> list[SenderInfo]:
         """Every sender that ran this campaign, oldest first, with how far each got."""
+        if not self._ready():
+            return []
         rows = self._conn.execute(
             "SELECT s.id, s.host, s.pid, s.started, s.heartbeat, s.state, "
             f"s.state = 'running' AND s.heartbeat + s.lease >= {_NOW}, "
@@ -818,8 +822,8 @@ _AUTH_HINT = "set PGPASSWORD, ~/.pgpass, or the variable password_env names"
 
 def _message(where: str, exc: psycopg.Error) -> str:
     """What went wrong with the database ``where``, and what to do, in one line."""
-    text = " ".join(str(exc).split())
-    lower = text.lower()
+    text = str(exc)
+    lower = " ".join(text.split()).lower()
     state = exc.sqlstate or ""
     if (
         state in ("28P01", "28000")
@@ -888,12 +892,14 @@ def _lost(lower: str) -> bool:
 
 
 def _first(text: str) -> str:
-    """The gist of a libpq message: without its 'connection to server at ... failed:'
-    preamble, which repeats what the message says anyway."""
-    gist = text
+    """The gist of a libpq message: its first line, without the 'connection to server
+    at ... failed:' preamble and the severity, which the message says anyway."""
+    gist = " ".join(text.strip().splitlines()[0].split()) if text.strip() else text
     marker = "failed: "
     if gist.startswith("connection") and marker in gist:
         gist = gist.rsplit(marker, 1)[1]
+    for severity in ("FATAL: ", "ERROR: "):
+        gist = gist.removeprefix(severity)
     return gist.strip().rstrip(".") or text
 
 
