@@ -7,6 +7,7 @@ mail, and when it recorded it.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -124,6 +125,7 @@ def test_an_empty_list_of_relays_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"smtp: an empty list") as info:
         load_campaign(path)
     assert info.value.where is not None
+    assert info.value.where.line is not None
     lines = path.read_text().splitlines()
     assert lines[info.value.where.line - 1] == "smtp: []"
 
@@ -204,7 +206,7 @@ def test_each_relay_keeps_its_own_rate(make_server: ServerFactory, tls: TLSPair)
     # about two seconds side by side (one after the other would take four).
     assert 20 * 0.7 < rate_at(a.inbox.messages) <= 20 * 1.08
     assert 10 * 0.7 < rate_at(b.inbox.messages) <= 10 * 1.08
-    assert 1.8 < elapsed < 3.2
+    assert 1.8 < elapsed < 3.5
 
 
 def test_a_relay_refusing_the_login_is_set_aside_and_the_other_carries_the_run(
@@ -279,7 +281,7 @@ def cut_connections(controller: Controller, inbox: Inbox) -> None:
 
     def abort() -> None:
         for session in sessions:
-            if session.transport is not None:
+            if isinstance(session.transport, asyncio.Transport):
                 session.transport.abort()
 
     controller.loop.call_soon_threadsafe(abort)
