@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from builders import CampaignDir, make_mail
+from builders import CampaignDir, make_mail, smtp_settings
 from conftest import (
     PASSWORD,
     USERNAME,
@@ -30,7 +30,13 @@ from conftest import (
 
 from bulkmail.deliver.outcome import Accepted, Refused, send_one
 from bulkmail.deliver.ratelimit import NoLimit, TokenBucket
-from bulkmail.deliver.relays import Relay, RelayPool, relay_event_text, relay_pool
+from bulkmail.deliver.relays import (
+    Relay,
+    RelayPool,
+    relay_event_text,
+    relay_passwords,
+    relay_pool,
+)
 from bulkmail.deliver.smtp import SendCancelled
 from bulkmail.errors import AuthError, ConfigError, ConnectError
 from bulkmail.load.campaign import load_campaign
@@ -462,3 +468,34 @@ def test_a_relay_is_paced_by_its_own_limiter() -> None:
         for i in range(6):
             pool.send(make_mail(i))
     assert slept == [0.5, 0.5]  # a's three mails, half a second apart; b never waits
+
+
+def test_each_relay_has_its_own_password_and_a_prompt_names_the_relay() -> None:
+    a = SmtpSettings("a.example.com", 465, username="u", password_env="PW_A")
+    b = SmtpSettings("b.example.com", 587, username="u", password_env="PW_B")
+    asked: list[str] = []
+
+    def prompt(text: str) -> str:
+        asked.append(text)
+        return "typed"
+
+    assert relay_passwords([a, b], environ={"PW_A": "one"}, prompt=prompt) == ["one", "typed"]
+    assert asked == ["SMTP password for relay u@b.example.com:587: "]
+    with pytest.raises(AuthError, match=r"b\.example\.com:587: no password for u: set .* PW_B"):
+        relay_passwords([a, b], environ={"PW_A": "one"})
+
+
+def test_relays_loaded_from_a_campaign_carry_its_mails(
+    make_server: ServerFactory, tls: TLSPair, tmp_path: Path
+) -> None:
+    a, b = make_server("ssl"), make_server("starttls")
+    path = CampaignDir(tmp_path).write(
+        smtp=[
+            smtp_settings(a, tls, weight=3, password_env="PW_A"),
+            smtp_settings(b, tls, password_env="PW_B", rate={"per_second": 50}),
+        ]
+    )
+    relays = load_campaign(path).relays
+    passwords = relay_passwords(relays, environ={"PW_A": PASSWORD, "PW_B": PASSWORD})
+    send_all(relay_pool(relays, passwords), 8)
+    assert (len(a.inbox.messages), len(b.inbox.messages)) == (6, 2)

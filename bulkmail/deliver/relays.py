@@ -21,14 +21,15 @@ What happens to a relay that fails decides what happens to the mail:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bulkmail.deliver.ratelimit import NoLimit, RateLimiter, limiter_for
-from bulkmail.deliver.smtp import SendCancelled, SMTPTransport, event_text
+from bulkmail.deliver.smtp import SendCancelled, SMTPTransport, event_text, resolve_password
 from bulkmail.deliver.transport import Transport
 from bulkmail.errors import DeliveryError, DeliveryUncertain, RecipientRefused
 from bulkmail.models import OutgoingMail, SmtpSettings
@@ -207,6 +208,28 @@ def _close_quietly(transport: Transport) -> None:
     """Close a transport that already failed: the server may be gone, nothing to tell it."""
     with contextlib.suppress(DeliveryError, OSError):
         transport.close()
+
+
+def relay_passwords(
+    relays: Sequence[SmtpSettings],
+    *,
+    environ: Mapping[str, str] = os.environ,
+    prompt: Callable[[str], str] | None = None,
+) -> list[str | None]:
+    """Each relay's password, as resolve_password finds it (its own ``password_env``, else
+    ``prompt``, else an AuthError naming the relay): asked for before anything is sent, so
+    a missing one stops the run before the first relay is even opened. A prompt names the
+    relay in full (user@host:port), since two relays may share a user or a host."""
+
+    def asking(settings: SmtpSettings) -> Callable[[str], str] | None:
+        if prompt is None:
+            return None
+        ask = prompt
+        return lambda _text: ask(f"SMTP password for relay {settings.name}: ")
+
+    return [
+        resolve_password(settings, environ=environ, prompt=asking(settings)) for settings in relays
+    ]
 
 
 def relay_pool(
