@@ -70,12 +70,14 @@ class RelayPool(Opened):
 
     ``on_event(name, info)`` hears "relay-down" (``info``: ``relay``, the relay's name;
     ``why``, the error in one line; ``left``, the names of the relays still in use) when a
-    relay is set aside and the others carry on. ``stop``, when set during a wait for a
-    relay's rate (``sleep`` should be ``stop.wait`` so that the wait ends at once), gives
-    the mail up unsent with SendCancelled. Not thread-safe: one sender uses one pool.
+    relay is set aside and the others carry on. ``stop``, once set, gives the mail up
+    unsent with SendCancelled after the wait for its relay's rate (each limiter should
+    sleep with ``stop.wait``, so that the wait ends at once). Not thread-safe: one sender
+    uses one pool. relay_pool builds one from a campaign's relays::
 
-    >>> with RelayPool([Relay(a, SMTPTransport(a, password=pa)), ...]) as pool:
-    ...     reply = pool.send(mail)
+        relays = [Relay(a, SMTPTransport(a, password=pa), limiter_for(a.rate)), ...]
+        with RelayPool(relays, stop=stop) as pool:
+            reply = pool.send(mail)
     """
 
     def __init__(
