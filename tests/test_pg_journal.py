@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import bulkmail.journal.postgres
 from bulkmail.errors import JournalError, Location
 from bulkmail.journal.postgres import SCHEMA_VERSION, PostgresJournal
 from bulkmail.models import PostgresSettings, Recipient, Status
@@ -110,7 +111,8 @@ def test_a_mark_is_committed_before_sending_returns_and_an_outcome_with_the_next
     assert sender.sending(bob, "<2@x>")
     assert statuses(status)[ann.email] is Status.ACCEPTED  # with bob's mark
     sender.outcome(bob, Status.FAILED, 550, "5.1.1 no such user")
-    sender.flush()
+    assert sender.claim(0, 10, PENDING) == [(cat.key, 5)]  # commits bob's outcome
+    assert statuses(status)[bob.email] is Status.FAILED
     entries = list(status.entries())
     assert [e.status for e in entries] == [Status.ACCEPTED, Status.FAILED, Status.PENDING]
     assert entries[1].code == 550
@@ -255,6 +257,59 @@ def test_campaigns_in_one_database_never_see_each_other(open_journal: OpenJourna
     assert july.summary().total == 2
     assert june.entry_for_message("<july@x>") is None
     assert [s.id for s in june.senders()] == [june.sender_id]
+
+
+def test_entries_are_read_a_page_at_a_time_in_list_order(
+    open_journal: OpenJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulkmail.journal.postgres, "_ENTRIES_PAGE", 2)
+    journal = open_journal()
+    recipients = [reader(n, line=10 - n) for n in range(1, 6)]
+    for recipient in recipients:
+        journal.plan(recipient)
+    journal.flush()
+    assert [e.line for e in journal.entries()] == [5, 6, 7, 8, 9]
+    assert [e.line for e in journal.entries(Status.PENDING, Status.FAILED)] == [5, 6, 7, 8, 9]
+    assert list(journal.entries(Status.ACCEPTED)) == []
+
+
+def test_commits_are_synchronous_whatever_the_server_says(
+    settings: Settings, postgres: Any
+) -> None:
+    database = settings().url.rsplit("/", 1)[1]
+    with postgres.admin() as admin:
+        admin.execute(f"ALTER DATABASE {database} SET synchronous_commit = off")
+    with PostgresJournal(settings(), "june") as journal:
+        row = journal._conn.execute("SHOW synchronous_commit").fetchone()
+        assert row == ("on",)
+        assert journal._heartbeat is not None
+        beat = journal._heartbeat._db
+        assert beat is not None
+        assert beat.execute("SHOW synchronous_commit").fetchone() == ("on",)
+
+
+def test_senders_starting_together_make_the_tables_once(settings: Settings) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def open_one() -> None:
+        try:
+            start.wait(5)
+            with PostgresJournal(settings(), "june") as journal:
+                journal.plan(reader(1))
+                journal.flush()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert errors == []
+    with PostgresJournal(settings(), "june", sender=False) as status:
+        assert status.summary().total == 1
+        assert len(status.senders()) == 4
 
 
 # --- several senders -----------------------------------------------------------------------------
@@ -490,7 +545,7 @@ def test_a_wrong_password(settings: Settings, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv(PASSWORD_ENV, "wrong-secret")
     error = _refused(settings())
     assert "refused the login" in error.message
-    assert "~/.pgpass" in error.message
+    assert f"the password in the variable {PASSWORD_ENV}" in error.message
     assert "wrong-secret" not in repr(PostgresJournal(settings(), "june", password="wrong-secret"))
 
 
@@ -501,7 +556,16 @@ def test_no_password_at_all(
     monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
     error = _refused(settings(password_env=None))
     assert "refused the login" in error.message
-    assert "PGPASSWORD" in error.message
+    assert "set PGPASSWORD, ~/.pgpass, or the variable password_env names" in error.message
+
+
+def test_without_password_env_libpq_finds_the_password(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGPASSWORD", PASSWORD)
+    monkeypatch.delenv(PASSWORD_ENV)
+    with PostgresJournal(settings(password_env=None), "june") as journal:
+        assert journal.get_meta("campaign") == "june"
 
 
 def test_the_password_given_wins(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

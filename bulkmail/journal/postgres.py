@@ -221,6 +221,12 @@ class PostgresJournal(Opened):
         options: dict[str, Any] = {
             "connect_timeout": CONNECT_TIMEOUT,
             "application_name": "bulkmail",
+            # A server that vanished (its machine, or the network) is noticed in about a
+            # minute rather than when the kernel gives up on the connection.
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
         }
         if password is not None:
             options["password"] = password
@@ -295,24 +301,36 @@ class PostgresJournal(Opened):
             if not db.broken and not db.closed:
                 db.commit()
                 if self.sender:
-                    self.release()
-                    if not self._finished:
-                        self._set_state("interrupted")
-                    db.commit()
+                    self._leave()
         except psycopg.Error as exc:
             raise self._error(exc) from exc
         finally:
             self._discard()
 
+    def _leave(self) -> None:
+        """Give back the rows held and note the sender's end: best effort, as the lease
+        frees the rows anyway, and the sender's heartbeat stops (so it no longer counts
+        as alive) whatever happens here."""
+        db = self._conn
+        try:
+            self.release()
+            if not self._finished:
+                self._set_state("interrupted")
+            db.commit()
+        except psycopg.Error:
+            with contextlib.suppress(psycopg.Error):
+                db.rollback()
+
     def _discard(self) -> None:
-        """Stop the heartbeat and drop the connection, committing nothing more."""
-        beat, self._heartbeat = self._heartbeat, None
-        if beat is not None:
-            beat.stop()
+        """Drop the connection, committing nothing more (which ends the locks it holds),
+        and stop the heartbeat."""
         db, self._db = self._db, None
         if db is not None:
             with contextlib.suppress(psycopg.Error):
                 db.close()
+        beat, self._heartbeat = self._heartbeat, None
+        if beat is not None:
+            beat.stop()
 
     def _set_state(self, state: str) -> None:
         self._conn.execute(
@@ -737,8 +755,11 @@ class PostgresJournal(Opened):
 
     def _error(self, exc: psycopg.Error) -> JournalError:
         """A JournalError naming the database, saying what went wrong and what to do."""
+        name = self.settings.password_env
+        hint = f"the variable {name}" if name and self._password is None else None
         return JournalError(
-            _scrub(_message(self.where, exc), self._password_known()), where=self._location
+            _scrub(_message(self.where, exc, hint), self._password_known()),
+            where=self._location,
         )
 
     def _password_known(self) -> str | None:
@@ -772,7 +793,8 @@ class _Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            # A beat never waits for a lock (SKIP LOCKED), only perhaps for the network.
+            self._thread.join(CONNECT_TIMEOUT)
         self._close()
 
     def _run(self) -> None:
@@ -804,7 +826,9 @@ class _Heartbeat:
             params,
         )
         self._db.execute(
-            f"UPDATE bulkmail_senders SET heartbeat = {_NOW} WHERE id = %(me)s", params
+            f"UPDATE bulkmail_senders SET heartbeat = {_NOW} WHERE id IN ("
+            "  SELECT id FROM bulkmail_senders WHERE id = %(me)s FOR UPDATE SKIP LOCKED)",
+            params,
         )
         self.beats += 1
 
@@ -820,20 +844,22 @@ class _Heartbeat:
 _AUTH_HINT = "set PGPASSWORD, ~/.pgpass, or the variable password_env names"
 
 
-def _message(where: str, exc: psycopg.Error) -> str:
-    """What went wrong with the database ``where``, and what to do, in one line."""
+def _message(where: str, exc: psycopg.Error, password_from: str | None = None) -> str:
+    """What went wrong with the database ``where``, and what to do, in one line.
+    ``password_from``: where the password came from (a variable), if bulkmail knows."""
     text = str(exc)
     lower = " ".join(text.split()).lower()
     state = exc.sqlstate or ""
-    if (
-        state in ("28P01", "28000")
-        or "password authentication failed" in lower
-        or ("no password supplied" in lower)
+    gist = _first(text)
+    if state in ("28P01", "28000") or any(
+        phrase in lower for phrase in ("password authentication failed", "no password supplied")
     ):
-        return (
-            f"the journal database {where} refused the login ({_first(text)}); check the "
-            f"user and password: {_AUTH_HINT}"
+        check = (
+            f"check the user, and the password in {password_from}"
+            if password_from
+            else f"check the user and the password: {_AUTH_HINT}"
         )
+        return f"the journal database {where} refused the login ({gist}); {check}"
     if state == "3D000" or ("database" in lower and "does not exist" in lower):
         return (
             f"the journal database {where} does not exist; create it (createdb) or correct "
@@ -841,37 +867,36 @@ def _message(where: str, exc: psycopg.Error) -> str:
         )
     if state == "42501" or "permission denied" in lower:
         return (
-            f"permission denied in the journal database {where} ({_first(text)}); grant the "
-            "user the rights it needs (CREATE on the schema the first time, then SELECT, "
-            "INSERT, UPDATE on the bulkmail_ tables)"
+            f"permission denied in the journal database {where} ({gist}); grant the user "
+            "the rights it needs (CREATE on the schema the first time, then SELECT, INSERT "
+            "and UPDATE on the bulkmail_ tables)"
         )
-    if state.startswith("08") or state in ("57P01", "57P02", "57P03") or _lost(lower):
-        if (
-            "connection refused" in lower
-            or "could not connect" in lower
-            or ("timeout expired" in lower)
-            or "could not translate host name" in lower
-        ):
-            return (
-                f"cannot connect to the journal database {where} ({_first(text)}); is the "
-                "server running, and does it accept connections there?"
-            )
+    if "resolve host" in lower or "could not translate host name" in lower:
         return (
-            f"lost the connection to the journal database {where} ({_first(text)}); rerun "
-            "when it is back: rows left in 'sending' are uncertain and not resent unless "
-            "asked"
+            f"cannot find the host of the journal database {where} ({gist}); check the "
+            "host name in the journal setting"
         )
-    if isinstance(exc, psycopg.OperationalError) and state == "":
+    if lower.startswith("connection failed") or "connection to server" in lower:
         return (
-            f"cannot connect to the journal database {where} ({_first(text)}); is the "
-            "server running, and does it accept connections there?"
+            f"cannot connect to the journal database {where} ({gist}); is the server "
+            "running, and does it accept connections there?"
+        )
+    if (
+        state.startswith("08")
+        or state in ("57P01", "57P02", "57P03")
+        or _lost(lower)
+        or (isinstance(exc, psycopg.OperationalError) and not state)
+    ):
+        return (
+            f"lost the connection to the journal database {where} ({gist}); rerun when it "
+            "is back: rows left in 'sending' are uncertain and not resent unless asked"
         )
     if state == "40P01":
         return (
             f"the journal database {where} found two senders waiting for each other and "
             "stopped this one; rerun it"
         )
-    return f"cannot use the journal database {where}: {_first(text)}"
+    return f"cannot use the journal database {where}: {gist}"
 
 
 def _lost(lower: str) -> bool:
