@@ -337,6 +337,20 @@ def test_claims_never_overlap_and_a_sender_sends_only_what_it_holds(
     assert a.claim(0, 10, PENDING) == [(r.key, r.line) for r in recipients[1:4] + recipients[8:]]
 
 
+def test_a_sender_that_asks_what_is_left_commits_its_last_outcome_first(
+    open_journal: OpenJournal,
+) -> None:
+    a = open_journal()
+    (ann,) = planned(a, 1)
+    status = open_journal(sender=False)
+    a.claim(0, 1, PENDING)
+    a.sending(ann, "<1@x>")
+    a.outcome(ann, Status.ACCEPTED, 250, "OK")
+    assert statuses(status)[ann.email] is Status.SENDING
+    assert a.outstanding(PENDING) == (0, 0)
+    assert statuses(status)[ann.email] is Status.ACCEPTED
+
+
 def test_a_claim_skips_rows_another_transaction_has_locked(
     open_journal: OpenJournal, postgres: Any
 ) -> None:

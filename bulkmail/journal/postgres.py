@@ -112,6 +112,7 @@ _TABLES = [
     state text NOT NULL               -- running | completed | interrupted | stopped: <why>
 )""",
     "CREATE INDEX IF NOT EXISTS bulkmail_senders_campaign ON bulkmail_senders (campaign)",
+    "CREATE INDEX IF NOT EXISTS bulkmail_runs_campaign ON bulkmail_runs (campaign)",
 ]
 
 _COLUMNS = (
@@ -373,9 +374,14 @@ class PostgresJournal(Opened):
     @_translated
     def outstanding(self, statuses: Collection[Status]) -> tuple[int, int]:
         """Of this campaign's rows with one of ``statuses``: how many this sender could
-        claim now, and how many other senders hold (alive, or dead less than a lease ago)."""
+        claim now, and how many other senders hold (alive, or dead less than a lease ago).
+
+        Anything pending is committed first: a sender that waits for the others holds no
+        row locked, and leaves no outcome in doubt, while it waits.
+        """
         if not self._ready():
             return 0, 0
+        self._conn.commit()
         row = self._conn.execute(
             f"SELECT count(*) FILTER (WHERE {_FREE}), count(*) FILTER (WHERE NOT {_FREE}) "
             "FROM bulkmail_recipients WHERE campaign = %(campaign)s "
