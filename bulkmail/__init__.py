@@ -37,7 +37,7 @@ if typing.TYPE_CHECKING:
         remove_suppressions,
         write_suppressions_csv,
     )
-    from bulkmail.journal.records import Entry, Summary
+    from bulkmail.journal.records import Entry, SenderInfo, Summary
     from bulkmail.journal.status import campaign_status, write_failed_csv
     from bulkmail.load.campaign import load_campaign
     from bulkmail.models import (
@@ -48,6 +48,7 @@ if typing.TYPE_CHECKING:
         Event,
         InboxSettings,
         OutgoingMail,
+        PostgresSettings,
         Rate,
         Recipient,
         Skipped,
@@ -94,6 +95,7 @@ __all__ = [
     "Location",
     "MailboxError",
     "OutgoingMail",
+    "PostgresSettings",
     "PreflightError",
     "PreviewReport",
     "Rate",
@@ -102,6 +104,7 @@ __all__ = [
     "RecipientRefused",
     "SendPlan",
     "SendReport",
+    "SenderInfo",
     "Skipped",
     "SmtpSettings",
     "Status",
@@ -147,8 +150,10 @@ _HOMES = {
     "Status": "models",
     "Unsubscribe": "models",
     "Transport": "deliver.transport",
-    "Entry": "journal.sqlite",
-    "Summary": "journal.sqlite",
+    "Entry": "journal.records",
+    "Summary": "journal.records",
+    "SenderInfo": "journal.records",
+    "PostgresSettings": "models",
     "CheckReport": "reports",
     "Finding": "reports",
     "PreviewReport": "reports",

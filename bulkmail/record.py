@@ -26,7 +26,7 @@ from typing import assert_never
 
 from bulkmail.deliver.outcome import Accepted, Cancelled, Outcome, Refused, Stopped, Uncertain
 from bulkmail.errors import CampaignError, DeliveryError
-from bulkmail.journal.sqlite import Journal
+from bulkmail.journal.records import RunJournal
 from bulkmail.models import Event, EventKind, OnEvent, OutgoingMail, Status
 from bulkmail.reports import SendReport
 
@@ -57,7 +57,7 @@ class Recorder:
 
     def __init__(
         self,
-        journal: Journal,
+        journal: RunJournal,
         report: SendReport,
         fingerprint: dict[str, str],
         on_event: OnEvent | None,
@@ -77,9 +77,11 @@ class Recorder:
         self.journal.start_run()
         self._started = self._clock()
 
-    def mark(self, mail: OutgoingMail) -> None:
+    def mark(self, mail: OutgoingMail) -> bool:
         """Mark ``mail`` as being sent, committed and synced: only then may it go.
 
+        False: the journal refused the mark (a shared journal, where another sender took
+        the row over after this one's lease ran out): the mail must not go.
         The fingerprint describes what was sent, so it is stored with the first mark (a
         run that sends nothing does not make its version the reference).
         """
@@ -87,7 +89,7 @@ class Recorder:
             self.journal.begin_batch()
             self.journal.set_meta("fingerprint", json.dumps(self._fingerprint, sort_keys=True))
             self._fingerprint = None
-        self.journal.sending(mail.recipient, mail.message_id, mail.sender)
+        return self.journal.sending(mail.recipient, mail.message_id, mail.sender)
 
     def record(self, mail: OutgoingMail, outcome: Outcome, *, was: Status) -> None:
         """Record what became of ``mail``, marked before; ``was``: its status before."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bulkmail.errors import CampaignError, DeliveryError, Location
-from bulkmail.journal.records import Entry, Summary
+from bulkmail.journal.records import Entry, SenderInfo, Summary
 from bulkmail.models import Attachment, Campaign, FeedbackKind, Recipient, Skipped
 
 
@@ -107,6 +107,10 @@ class SendPlan:
         """How long sending ``to_send`` mails takes at the campaign's rate (None: no limit):
         the first ``burst`` go at once."""
         rate = self.campaign.rate
+        if len(self.campaign.relays) > 1:  # each relay at its own pace, together
+            paces = [(relay.rate or rate).per_second for relay in self.campaign.relays]
+            total = sum(pace or 0.0 for pace in paces)
+            return None if None in paces or not total else self.to_send / total
         if not rate.per_second:
             return None
         return max(self.to_send - rate.burst, 0) / rate.per_second
@@ -117,7 +121,7 @@ class SendReport:
     """The outcome of a run."""
 
     plan: SendPlan
-    journal: Path
+    journal: Path | str  # the file, or the shared database's URL
     accepted: int = 0
     failed: int = 0
     uncertain: int = 0  # the connection died before the server answered
@@ -131,6 +135,8 @@ class SendReport:
     # Mails that could not be built again at their turn (a file changed or vanished since
     # the preflight): not sent, still pending in the journal for the next run.
     unbuilt: list[CampaignError] = field(default_factory=list)
+    # Relays set aside during the run (several relays): (relay, why); the others went on.
+    relays_down: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -174,6 +180,7 @@ class SendReport:
             "added_during_run": self.added,
             "elapsed_seconds": round(self.elapsed, 3),
             "journal": str(self.journal),
+            "relays_down": [{"relay": relay, "why": why} for relay, why in self.relays_down],
         }
 
 
@@ -182,10 +189,12 @@ class CampaignStatus:
     """Where a campaign stands, from its journal."""
 
     campaign: Campaign
-    journal: Path
+    journal: Path | str  # the file, or the shared database's URL
     summary: Summary | None  # None: never run
     failed: list[Entry]
     uncertain: list[Entry]
+    # A shared journal's senders, each with its progress (empty for a journal file).
+    senders: list[SenderInfo] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         """Where the campaign stands as JSON-ready data (``bulkmail status --json``); times
@@ -202,6 +211,7 @@ class CampaignStatus:
             "feedback": dict(summary.feedback) if summary else {},
             "failed": [_entry_dict(e) for e in self.failed],
             "uncertain": [_entry_dict(e) for e in self.uncertain],
+            "senders": [_sender_dict(s) for s in self.senders],
         }
 
 
@@ -277,6 +287,22 @@ def iso_time(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def _sender_dict(sender: SenderInfo) -> dict[str, object]:
+    return {
+        "id": sender.id,
+        "host": sender.host,
+        "pid": sender.pid,
+        "started": iso_time(sender.started),
+        "last_seen": iso_time(sender.last_seen),
+        "state": sender.state,
+        "alive": sender.alive,
+        "accepted": sender.accepted,
+        "failed": sender.failed,
+        "uncertain": sender.uncertain,
+        "held": sender.held,
+    }
 
 
 def _entry_dict(entry: Entry) -> dict[str, object]:

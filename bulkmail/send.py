@@ -24,12 +24,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bulkmail.build import Builder, ProblemLog
 from bulkmail.deliver.outcome import send_one
 from bulkmail.deliver.ratelimit import RateLimiter, limiter_for
+from bulkmail.deliver.relays import relay_event_text, relay_passwords, relay_pool
 from bulkmail.deliver.smtp import (
     EventHandler,
     SMTPTransport,
@@ -44,7 +46,7 @@ from bulkmail.errors import (
     DeliveryError,
     Location,
 )
-from bulkmail.journal.records import Entry
+from bulkmail.journal.records import Entry, RunJournal
 from bulkmail.journal.sqlite import Journal, journal_path
 from bulkmail.load.campaign import as_campaign
 from bulkmail.load.recipients import check_address
@@ -95,7 +97,7 @@ def content_fingerprint(builder: Builder) -> dict[str, str]:
 
 
 def _check_unchanged(
-    journal: Journal, fingerprint: dict[str, str], campaign: Campaign, allow: bool
+    journal: RunJournal, fingerprint: dict[str, str], campaign: Campaign, allow: bool
 ) -> None:
     """Refuse to go on with content other than what earlier recipients were sent."""
     stored = journal.get_meta("fingerprint")
@@ -125,7 +127,7 @@ def _should_send(entry: Entry | None, *, retry_failed: bool, resend_uncertain: b
 
 def _preflight(
     builder: Builder,
-    journal: Journal,
+    journal: RunJournal,
     *,
     limit: int | None,
     retry_failed: bool,
@@ -161,7 +163,7 @@ def _preflight(
     return plan
 
 
-def _planned(journal: Journal, recipient: Recipient) -> Entry | None:
+def _planned(journal: RunJournal, recipient: Recipient) -> Entry | None:
     """Note a recipient of the list in the journal; return its entry as it now stands."""
     journal.plan(recipient)
     return journal.status_of(recipient.key)
@@ -210,10 +212,38 @@ def send_campaign(
         print(report.accepted, "accepted,", report.failed, "failed")
     """
     campaign = as_campaign(campaign)
-    if transport is None and campaign.smtp is None:
+    if transport is None and not campaign.all_relays:
         raise ConfigError("no 'smtp:' settings: add them to send", where=Location(campaign.path))
-    path = journal_path(campaign.journal_dir, campaign.name)
     builder = Builder.load(campaign)  # compiled and read once, for the preflight and the send
+    stop = stop or threading.Event()
+
+    def make_transport(report: SendReport, stop: threading.Event) -> Transport:
+        if transport is not None:
+            return transport
+        return _smtp_transport(
+            campaign,
+            password,
+            prompt,
+            on_event=_transport_events(campaign, report, on_event),
+            sleep=stop.wait,  # a stop cuts a retry's or a relay's wait short
+            stop=stop,
+        )
+
+    if campaign.journal is not None:
+        from bulkmail.send_shared import send_shared  # psycopg only where it is used
+
+        return send_shared(
+            builder,
+            limit=limit,
+            retry_failed=retry_failed,
+            resend_uncertain=resend_uncertain,
+            allow_changes=allow_changes,
+            make_transport=make_transport,
+            confirm=confirm,
+            stop=stop,
+            on_event=on_event,
+        )
+    path = journal_path(campaign.journal_dir, campaign.name)
     with Journal(path) as journal:
         plan = _preflight(
             builder,
@@ -230,15 +260,7 @@ def send_campaign(
             return report
         if confirm is not None and not confirm(plan):
             raise CampaignError("cancelled")
-        stop = stop or threading.Event()
-        if transport is None:
-            transport = _smtp_transport(
-                campaign,
-                password,
-                prompt,
-                on_event=_transport_events(campaign, report, on_event),
-                sleep=stop.wait,  # a stop cuts a retry's wait short
-            )
+        live = make_transport(report, stop)
         # Rows already dealt with are not even rendered: a resume after 9,000 of 10,000
         # builds 1,000 mails. Rows new since the preflight (no entry) are let through, for
         # _deliver to count them.
@@ -248,10 +270,10 @@ def send_campaign(
             mails,
             mails.result.problems,
             journal,
-            transport,
+            live,
             report,
             fingerprint,
-            rate=campaign.rate,
+            rate=overall_rate(campaign),
             retry_failed=retry_failed,
             resend_uncertain=resend_uncertain,
             stop=stop,
@@ -261,7 +283,7 @@ def send_campaign(
 
 
 def _wanted(
-    journal: Journal, *, retry_failed: bool, resend_uncertain: bool
+    journal: RunJournal, *, retry_failed: bool, resend_uncertain: bool
 ) -> Callable[[Recipient], bool]:
     """Which rows to build for sending: the ones this run may send, and rows the journal
     does not know (new since the preflight), which `_deliver` counts in ``report.added``."""
@@ -278,7 +300,7 @@ def _wanted(
 def _deliver(
     mails: Iterable[OutgoingMail],
     unbuilt: ProblemLog,
-    journal: Journal,
+    journal: RunJournal,
     transport: Transport,
     report: SendReport,
     fingerprint: dict[str, str],
@@ -320,7 +342,7 @@ def _deliver(
 
 def _send_each(
     mails: Iterable[OutgoingMail],
-    journal: Journal,
+    journal: RunJournal,
     transport: Transport,
     recorder: Recorder,
     *,
@@ -341,11 +363,20 @@ def _send_each(
         if stop.is_set():
             recorder.interrupted()
             return
-        recorder.mark(mail)  # committed and synced: only now may the mail go
+        if not recorder.mark(mail):  # committed and synced: only now may the mail go
+            continue  # another sender of a shared journal has the row now
         outcome = send_one(transport, mail)
         recorder.record(mail, outcome, was=entry.status)
         if outcome.ends_run:
             return
+
+
+def overall_rate(campaign: Campaign) -> Rate:
+    """The pace of the run as a whole: the campaign's `rate:`; with several relays, none
+    (each relay keeps its own pace, by default the campaign's `rate:`)."""
+    if len(campaign.all_relays) > 1:
+        return Rate(per_second=None)
+    return campaign.rate
 
 
 def _smtp_transport(
@@ -355,32 +386,46 @@ def _smtp_transport(
     *,
     on_event: EventHandler | None = None,
     sleep: Callable[[float], bool | None] = time.sleep,
-) -> SMTPTransport:
-    """The campaign's SMTP transport, with ``password`` or the one its settings point to."""
-    if campaign.smtp is None:
+    stop: threading.Event | None = None,
+) -> Transport:
+    """The campaign's SMTP transport, with ``password`` or the one its settings point to;
+    with several relays, a `RelayPool` of them, each with its own password."""
+    relays = campaign.all_relays
+    if not relays:
         raise ConfigError("no 'smtp:' settings: add them to send", where=Location(campaign.path))
+    if len(relays) > 1:
+        # Each relay is paced by its own rate, else by the campaign's `rate:`.
+        paced = [replace(relay, rate=relay.rate or campaign.rate) for relay in relays]
+        passwords = relay_passwords(paced, prompt=prompt)
+        return relay_pool(paced, passwords, sleep=sleep, stop=stop, on_event=on_event)
     if password is None:
-        password = resolve_password(campaign.smtp, prompt=prompt)
-    return SMTPTransport(campaign.smtp, password=password, on_event=on_event, sleep=sleep)
+        password = resolve_password(relays[0], prompt=prompt)
+    return SMTPTransport(relays[0], password=password, on_event=on_event, sleep=sleep)
 
 
 # The transport's events a user sees (event_text says the others are routine).
-_TRANSPORT_EVENTS: dict[str, EventKind] = {"reconnect": "reconnect", "retry": "retry"}
+_TRANSPORT_EVENTS: dict[str, EventKind] = {
+    "reconnect": "reconnect",
+    "retry": "retry",
+    "relay-down": "relay-down",
+}
 
 
 def _transport_events(
     campaign: Campaign, report: SendReport, on_event: OnEvent | None
-) -> EventHandler | None:
-    """Pass the transport's reconnects and 4xx retries on as run events ("reconnect",
-    "retry"), ``detail`` saying what happened: a run that slows down says why."""
-    if on_event is None or campaign.smtp is None:
-        return None
-    where = f"{campaign.smtp.host}:{campaign.smtp.port}"
-
+) -> EventHandler:
+    """Pass the transport's reconnects, 4xx retries and relays set aside on as run events
+    ("reconnect", "retry", "relay-down"), ``detail`` saying what happened: a run that
+    slows down says why. A relay set aside is noted in the report too."""
+    several = len(campaign.all_relays) > 1
+    smtp = campaign.smtp
+    where = f"{smtp.host}:{smtp.port}" if smtp is not None else "?"
     events = RunEvents(report, on_event)  # the stream the Recorder speaks into
 
     def relay(name: str, info: dict[str, Any]) -> None:
-        detail = event_text(name, info, where=where)
+        if name == "relay-down":
+            report.relays_down.append((str(info["relay"]), str(info["why"])))
+        detail = relay_event_text(name, info) if several else event_text(name, info, where=where)
         kind = _TRANSPORT_EVENTS.get(name)
         if detail is not None and kind is not None:
             events.emit(kind, detail=detail)

@@ -208,6 +208,7 @@ def test_json_summary_is_the_whole_of_stdout_with_every_field(
         "not_sent": [],
         "added_during_run": 0,
         "journal": str(campaign.campaigns / ".bulkmail" / "test-campaign.sqlite"),
+        "relays_down": [],
     }
 
     rerun = json.loads(invoke(*RUN, "--json").stdout)

@@ -56,6 +56,7 @@ SEND_KEYS = [
     "added_during_run",
     "elapsed_seconds",
     "journal",
+    "relays_down",
 ]
 STATUS_KEYS = [
     "campaign",
@@ -68,6 +69,7 @@ STATUS_KEYS = [
     "feedback",
     "failed",
     "uncertain",
+    "senders",
 ]
 
 
@@ -197,6 +199,7 @@ def test_a_campaign_never_run_as_data(campaign: Campaign) -> None:
         "feedback": {},
         "failed": [],
         "uncertain": [],
+        "senders": [],
     }
 
 

@@ -30,6 +30,7 @@ from bulkmail import (
     InboxReport,
     Location,
     PreflightError,
+    SenderInfo,
     SendPlan,
     SendReport,
     add_suppressions,
@@ -48,6 +49,7 @@ from bulkmail import (
     write_suppressions_csv,
 )
 from bulkmail.cli.terminal import Signals, Stream, guard_output
+from bulkmail.reports import iso_time
 from bulkmail.sizes import format_size
 
 if TYPE_CHECKING:
@@ -509,6 +511,10 @@ def _say_next_step(report: SendReport, command: str) -> None:
         err.print(f"[red]not sent[/]: {escape(str(problem))}")
     if report.added:
         err.print(f"{report.added:,} rows were added to the list during the run: rerun `{hint}`.")
+    for relay, why in report.relays_down:
+        err.print(f"[yellow]relay set aside[/]: {escape(relay)}: {escape(why)}")
+    if report.relays_down and report.stopped is None:
+        err.print("the other relays carried the run.")
     if report.stopped is not None:
         err.print(f"[red]error[/]: {escape(str(report.stopped))}")
         err.print(f"delivery stopped; what was sent is journaled: rerun `{hint}` to go on.")
@@ -686,6 +692,8 @@ def status(
         f"runs: {summary.runs}; started {data['started']}; last accepted {data['last_sent']}"
         + (f"; {summary.rate:.1f} mails/s" if summary.rate else "")
     )
+    if state.senders:
+        out.print(_senders_table(state.senders))
     for entry in state.failed:
         out.print(escape(f"failed: line {entry.line}: {entry.email}: {entry.reply}"))
     for entry in state.uncertain:
@@ -695,6 +703,27 @@ def status(
                 "(--resend-uncertain sends it again)"
             )
         )
+
+
+def _senders_table(senders: list[SenderInfo]) -> rich.table.Table:
+    """A shared journal's senders: each one's progress, and whether it is still alive."""
+    table = rich.table.Table(title="Senders", title_justify="left")
+    for column in ("sender", "state", "accepted", "failed", "uncertain", "holding", "last seen"):
+        table.add_column(column, justify="left" if column in ("sender", "state") else "right")
+    for sender in senders:
+        state = sender.state
+        if state == "running" and not sender.alive:
+            state = "lost (no heartbeat: its unsent rows went back to the others)"
+        table.add_row(
+            escape(sender.id),
+            escape(state),
+            f"{sender.accepted:,}",
+            f"{sender.failed:,}",
+            f"{sender.uncertain:,}",
+            f"{sender.held:,}",
+            iso_time(sender.last_seen) or "",
+        )
+    return table
 
 
 @app.command(cls=_Command)

@@ -23,14 +23,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bulkmail.errors import AuthError, ConfigError, JournalError
 from bulkmail.feedback import verp
 from bulkmail.feedback.classify import Verdict, classify
 from bulkmail.feedback.mailbox import Mailbox, open_mailbox
 from bulkmail.feedback.store import SuppressionStore
-from bulkmail.journal.records import Entry
+from bulkmail.journal.records import Entry, RunJournal
 from bulkmail.journal.sqlite import Journal
 from bulkmail.models import (
     Campaign,
@@ -39,7 +39,11 @@ from bulkmail.models import (
     SuppressionReason,
     address_key,
 )
+from bulkmail.opening import Opened
 from bulkmail.reports import Handled, InboxReport
+
+if TYPE_CHECKING:
+    from bulkmail.journal import postgres
 
 OnHandled = Callable[[Handled], None]
 # What each kind writes in the journal row of the mail it answers.
@@ -110,7 +114,7 @@ def read_inbox(
     reader = _Reader(campaign, report, dry_run=dry_run, delete=delete, on_handled=on_handled)
     with (
         SuppressionStore(campaign.store_path, create=not dry_run) as store,
-        _Journals(campaign.journal_dir) as journals,
+        _Journals(campaign) as journals,
         open_mailbox(settings, password) as mailbox,
     ):
         reader.run(mailbox, store, journals)
@@ -128,31 +132,36 @@ class _Match:
 
 class _Journals:
     """The journals of the campaigns of one folder, opened when first needed (unlocked:
-    a send may be going on; each write is a short transaction of its own)."""
+    a send may be going on; each write is a short transaction of its own); the campaign's
+    own journal in its shared database, if it has one (`journal: postgresql://...`)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._open: dict[str, Journal | None] = {}
+    def __init__(self, campaign: Campaign) -> None:
+        self.folder = campaign.journal_dir
+        self.campaign = campaign
+        self._open: dict[str, RunJournal | None] = {}
 
     def __enter__(self) -> _Journals:
         return self
 
     def __exit__(self, *exc: object) -> None:
         for journal in self._open.values():
-            if journal is not None:
+            if isinstance(journal, Opened):
                 journal.close()
 
     def names(self) -> list[str]:
         try:
-            return sorted(p.stem for p in self.folder.glob("*.sqlite"))
+            names = {p.stem for p in self.folder.glob("*.sqlite")}
         except OSError:
-            return []
+            names = set()
+        if self.campaign.journal is not None:
+            names.add(self.campaign.name)
+        return sorted(names)
 
-    def get(self, name: str) -> Journal | None:
+    def get(self, name: str) -> RunJournal | None:
         """The journal of campaign ``name``; None if there is none or it can't be used
         (it is not ours to repair here: `bulkmail status` says what is wrong)."""
         if name not in self._open:
-            journal = Journal(self.folder / f"{name}.sqlite", lock=False, campaign=name)
+            journal = self._journal(name)
             try:
                 journal.open()
             except JournalError:
@@ -161,7 +170,17 @@ class _Journals:
                 self._open[name] = journal
         return self._open[name]
 
-    def all(self) -> Iterator[tuple[str, Journal]]:
+    def _journal(self, name: str) -> Journal | postgres.PostgresJournal:
+        shared = self.campaign.journal
+        if shared is not None and name == self.campaign.name:
+            from bulkmail.journal import postgres  # psycopg only where it is used
+
+            return postgres.PostgresJournal(
+                shared, name, sender=False, where=self.campaign.location("journal")
+            )
+        return Journal(self.folder / f"{name}.sqlite", lock=False, campaign=name)
+
+    def all(self) -> Iterator[tuple[str, RunJournal]]:
         for name in self.names():
             journal = self.get(name)
             if journal is not None:

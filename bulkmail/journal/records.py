@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, Self
+from typing import Protocol
 
 from bulkmail.models import Recipient, Status
 
@@ -82,10 +82,6 @@ class RunJournal(Protocol):
     def where(self) -> str:
         """Names the journal in messages: its file, or its database (never a password)."""
         ...
-
-    def __enter__(self) -> Self: ...
-
-    def __exit__(self, *exc: object) -> None: ...
 
     def get_meta(self, key: str) -> str | None: ...
 

@@ -22,6 +22,8 @@ def campaign_status(campaign: Campaign | str | Path) -> CampaignStatus:
         print(status.summary.counts if status.summary else "never run")
     """
     campaign = as_campaign(campaign)
+    if campaign.journal is not None:
+        return _shared_status(campaign)
     path = journal_path(campaign.journal_dir, campaign.name)
     if not journal_exists(path):
         return CampaignStatus(campaign, path, None, [], [])
@@ -32,6 +34,26 @@ def campaign_status(campaign: Campaign | str | Path) -> CampaignStatus:
             journal.summary(),
             list(journal.entries(Status.FAILED)),
             list(journal.entries(Status.SENDING)),
+        )
+
+
+def _shared_status(campaign: Campaign) -> CampaignStatus:
+    """Where a campaign kept in a shared (PostgreSQL) journal stands, sender by sender."""
+    from bulkmail.journal.postgres import PostgresJournal  # psycopg only where it is used
+
+    settings = campaign.journal
+    assert settings is not None
+    with PostgresJournal(
+        settings, campaign.name, sender=False, where=campaign.location("journal")
+    ) as journal:
+        summary = journal.summary()
+        return CampaignStatus(
+            campaign,
+            settings.name,
+            summary if summary.total or summary.runs else None,
+            list(journal.entries(Status.FAILED)),
+            list(journal.entries(Status.SENDING)),
+            journal.senders(),
         )
 
 

@@ -1,0 +1,262 @@
+"""Send a campaign whose journal is a PostgreSQL database that several senders share.
+
+`bulkmail run campaigns/june.yaml` started on several machines (or several times on one)
+against one `journal: postgresql://...` divides the list between them:
+
+1. the preflight runs once per version of the campaign: the first sender (holding the
+   campaign's preflight lock) builds every mail and notes the list in the journal; a
+   later one finds that version noted (the content's fingerprint, the list's and the
+   suppressions' digests) and goes straight to sending;
+2. each sender reads the list in order and claims rows a batch at a time (``FOR UPDATE
+   SKIP LOCKED``: no two senders hold a row), with a lease its heartbeat keeps alive;
+3. each claimed row is marked ``sending`` only if the claim is still its own (a
+   compare-and-set, committed before the mail goes), so a row is never handed over
+   twice, even by a sender that stalled past its lease;
+4. when its pass over the list ends, a sender looks again: rows another sender held and
+   lost (it died: its heartbeat stopped) are claimed and sent; while others still hold
+   unsent rows it waits, so the run ends when the list is done, not when the first
+   sender runs dry. A dead sender's row in flight stays ``sending``: uncertain, reported,
+   not resent unless asked, as with one sender.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Callable, Collection
+
+from bulkmail.build import Builder
+from bulkmail.deliver.ratelimit import limiter_for
+from bulkmail.deliver.transport import Transport
+from bulkmail.errors import CampaignError, DeliveryError
+from bulkmail.journal.postgres import PostgresJournal
+from bulkmail.models import Campaign, OnEvent, Recipient, Status
+from bulkmail.record import Recorder
+from bulkmail.reports import CheckReport, SendPlan, SendReport
+from bulkmail.send import (
+    MAX_LISTED,
+    _check_unchanged,
+    _preflight,
+    _send_each,
+    _should_send,
+    content_fingerprint,
+    overall_rate,
+)
+
+# Rows a sender claims at a time: few enough that a sender that dies strands little for
+# a lease, enough that claiming costs little next to sending.
+CLAIM_BATCH = 20
+# The longest a sender that has nothing left to claim sleeps before looking again.
+MAX_POLL = 2.0
+
+
+class Claims:
+    """Which rows of the list this sender sends: a `Builder.mails` ``select`` that claims
+    the next batch of rows from the journal when the list reaches past the last claim."""
+
+    def __init__(
+        self, journal: PostgresJournal, statuses: Collection[Status], batch: int = CLAIM_BATCH
+    ) -> None:
+        self._journal = journal
+        self._statuses = tuple(statuses)
+        self._batch = batch
+        self._held: set[str] = set()
+        self._horizon: float = 0  # the last line claimed ahead; inf: nothing left ahead
+        self.selected = 0  # rows let through to be built and sent, in all passes
+
+    def rewind(self) -> None:
+        """Start a new pass over the list: rows behind may have become free."""
+        self._horizon = 0
+
+    def __call__(self, recipient: Recipient) -> bool:
+        if recipient.line > self._horizon:
+            got = self._journal.claim(recipient.line, self._batch, self._statuses)
+            self._held.update(key for key, _ in got)
+            self._horizon = got[-1][1] if got else math.inf
+        if recipient.key in self._held:
+            self._held.discard(recipient.key)
+            self.selected += 1
+            return True
+        return False
+
+
+def _wanted_statuses(*, retry_failed: bool, resend_uncertain: bool) -> list[Status]:
+    statuses = [Status.PENDING]
+    if retry_failed:
+        statuses.append(Status.FAILED)
+    if resend_uncertain:
+        statuses.append(Status.SENDING)
+    return statuses
+
+
+def campaign_version(builder: Builder, fingerprint: dict[str, str], limit: int | None) -> str:
+    """What the preflight checked: the content, the list and the suppressions, byte for
+    byte. A sender that finds this version noted in the journal need not check again."""
+    digest = hashlib.sha256()
+    with builder.campaign.recipients.open("rb") as file:
+        for block in iter(functools.partial(file.read, 1 << 20), b""):
+            digest.update(block)
+    suppressed = hashlib.sha256("\n".join(sorted(builder.suppressed)).encode()).hexdigest()
+    version = {
+        **fingerprint,
+        "list": digest.hexdigest()[:16],
+        "suppressed": suppressed[:16],
+        "limit": str(limit),
+    }
+    return json.dumps(version, sort_keys=True)
+
+
+def _plan_from_journal(
+    campaign: Campaign, journal: PostgresJournal, *, retry_failed: bool, resend_uncertain: bool
+) -> SendPlan:
+    """The plan of a sender that joins a campaign already checked: the journal's counts."""
+    counts = journal.summary().counts
+    plan = SendPlan(
+        campaign,
+        CheckReport(campaign),
+        to_send=counts[Status.PENDING],
+        already_accepted=counts[Status.ACCEPTED],
+        earlier_failed=0 if retry_failed else counts[Status.FAILED],
+        uncertain=0 if resend_uncertain else counts[Status.SENDING],
+    )
+    if retry_failed:
+        plan.to_send += counts[Status.FAILED]
+    if resend_uncertain:
+        plan.to_send += counts[Status.SENDING]
+    plan.check.mails = plan.to_send + plan.already_accepted
+    return plan
+
+
+def send_shared(
+    builder: Builder,
+    *,
+    limit: int | None,
+    retry_failed: bool,
+    resend_uncertain: bool,
+    allow_changes: bool,
+    make_transport: Callable[[SendReport, threading.Event], Transport],
+    confirm: Callable[[SendPlan], bool] | None,
+    stop: threading.Event,
+    on_event: OnEvent | None,
+) -> SendReport:
+    """`send_campaign` for a campaign with a PostgreSQL journal (see the module's notes)."""
+    campaign = builder.campaign
+    settings = campaign.journal
+    assert settings is not None
+    fingerprint = content_fingerprint(builder)
+    version = campaign_version(builder, fingerprint, limit)
+    with PostgresJournal(
+        settings, campaign.name, sender=True, where=campaign.location("journal")
+    ) as journal:
+        with journal.preflight_lock():
+            if journal.get_meta("preflight") == version:
+                plan = _plan_from_journal(
+                    campaign, journal, retry_failed=retry_failed, resend_uncertain=resend_uncertain
+                )
+            else:
+                plan = _preflight(
+                    builder,
+                    journal,
+                    limit=limit,
+                    retry_failed=retry_failed,
+                    resend_uncertain=resend_uncertain,
+                    on_event=on_event,
+                )
+                _check_unchanged(journal, fingerprint, campaign, allow_changes)
+                journal.set_meta("preflight", version)
+                journal.flush()
+        report = SendReport(plan, settings.name)
+        if plan.to_send == 0:
+            return report
+        if confirm is not None and not confirm(plan):
+            raise CampaignError("cancelled")
+        transport = make_transport(report, stop)
+        statuses = _wanted_statuses(retry_failed=retry_failed, resend_uncertain=resend_uncertain)
+        recorder = Recorder(journal, report, fingerprint, on_event)
+        recorder.start()
+        unbuilt: list[CampaignError] = []
+        try:
+            with transport:
+                _passes(
+                    builder, journal, transport, recorder, statuses, unbuilt, limit=limit, stop=stop
+                )
+        except DeliveryError as exc:  # connecting, TLS or login failed: nothing handed over
+            recorder.stopped(exc)
+        except KeyboardInterrupt:
+            recorder.interrupted()
+            raise
+        finally:
+            recorder.finish(unbuilt)
+    return report
+
+
+def _passes(
+    builder: Builder,
+    journal: PostgresJournal,
+    transport: Transport,
+    recorder: Recorder,
+    statuses: list[Status],
+    unbuilt: list[CampaignError],
+    *,
+    limit: int | None,
+    stop: threading.Event,
+) -> None:
+    """Pass over the list, sending the rows this sender claims, until no row is left to
+    send by anyone, or the run ends (a stop, an outcome that ends it)."""
+    report = recorder.report
+    claims = Claims(journal, statuses)
+    should_send = functools.partial(
+        _should_send,
+        retry_failed=Status.FAILED in statuses,
+        resend_uncertain=Status.SENDING in statuses,
+    )
+    limiter = limiter_for(overall_rate(builder.campaign), sleep=stop.wait)
+    lease = journal.settings.lease
+    idle = 0  # passes in a row that found free rows in the journal but none in the list
+    while not stop.is_set():
+        selected = claims.selected
+        mails = builder.mails(limit=limit, select=claims, max_problems=MAX_LISTED)
+        _send_each(
+            mails, journal, transport, recorder, limiter=limiter, stop=stop, should_send=should_send
+        )
+        unbuilt.extend(mails.result.problems.errors())
+        if not report.complete or unbuilt:
+            return
+        if not _more_to_claim(journal, statuses, recorder, stop, lease):
+            if stop.is_set():
+                recorder.interrupted()
+            return
+        # Free rows that a whole pass did not meet are not in the list as this sender
+        # reads it (past --limit, or gone from the file since): not this run's to send.
+        idle = idle + 1 if claims.selected == selected else 0
+        if idle >= 2:
+            return
+        claims.rewind()
+    recorder.interrupted()
+
+
+def _more_to_claim(
+    journal: PostgresJournal,
+    statuses: list[Status],
+    recorder: Recorder,
+    stop: threading.Event,
+    lease: float,
+) -> bool:
+    """Whether rows are free to claim now, after waiting while other senders hold the
+    rest (one of them may die and leave its rows); False when nobody has any left, or
+    on a stop."""
+    waited = False
+    while True:
+        claimable, held = journal.outstanding(statuses)
+        if claimable:
+            return True
+        if not held:
+            return False
+        if not waited:
+            recorder.events.emit("waiting", detail=f"{held:,} rows are held by other senders")
+            waited = True
+        if stop.wait(min(lease / 3, MAX_POLL)):
+            return False
