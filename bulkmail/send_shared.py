@@ -170,6 +170,7 @@ def send_shared(
                 journal.flush()
         report = SendReport(plan, settings.name)
         if plan.to_send == 0:
+            journal.finish_run("completed")  # this sender's part: nothing left to send
             return report
         if confirm is not None and not confirm(plan):
             raise CampaignError("cancelled")

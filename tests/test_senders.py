@@ -1,0 +1,308 @@
+"""Several senders on one campaign, sharing a PostgreSQL journal; several relays (issue 14).
+
+Everything real: a private PostgreSQL on 127.0.0.1 (tests/postgres.py), the recording
+aiosmtpd servers of conftest, and for the kills `bulkmail run` in child processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from builders import CampaignDir, people, smtp_settings
+from conftest import PASSWORD, PASSWORD_ENV, USERNAME, Server, ServerFactory, TLSPair
+from postgres import PASSWORD as PG_PASSWORD
+from postgres import PASSWORD_ENV as PG_PASSWORD_ENV
+from postgres import Postgres
+
+from bulkmail import Event, campaign_status, load_campaign, send_campaign
+from bulkmail.errors import ConfigError, JournalError
+from bulkmail.models import Status
+
+LEASE = 2.0  # seconds: a killed sender's rows come back quickly
+
+
+@pytest.fixture
+def shared(
+    tmp_path: Path,
+    smtpd: Server,
+    tls: TLSPair,
+    postgres: Postgres,
+    monkeypatch: pytest.MonkeyPatch,
+) -> CampaignDir:
+    """A campaign of 40 recipients whose journal is a new PostgreSQL database."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    monkeypatch.setenv(PG_PASSWORD_ENV, PG_PASSWORD)
+    monkeypatch.chdir(tmp_path)
+    campaign = CampaignDir(tmp_path)
+    campaign.csv(people(40))
+    url = postgres.url(postgres.database())
+    campaign.write(
+        smtp=smtp_settings(smtpd, tls),
+        journal={"url": url, "password_env": PG_PASSWORD_ENV, "lease": LEASE},
+    )
+    return campaign
+
+
+def received(server: Server) -> collections.Counter[str]:
+    """How many times each address got a mail at ``server``."""
+    return collections.Counter(server.inbox.recipients)
+
+
+def rows(campaign: CampaignDir) -> dict[str, Status]:
+    """Each row's status in the shared journal."""
+    state = campaign_status(campaign.yaml_path)
+    assert state.summary is not None
+    loaded = load_campaign(campaign.yaml_path)
+    assert loaded.journal is not None
+    from bulkmail.journal.postgres import PostgresJournal
+
+    with PostgresJournal(loaded.journal, loaded.name, sender=False) as journal:
+        return {entry.email: entry.status for entry in journal.entries()}
+
+
+# --- one sender: the same promises as the journal file ------------------------------------------
+
+
+def test_a_shared_journal_keeps_every_promise_of_the_file(
+    shared: CampaignDir, smtpd: Server
+) -> None:
+    smtpd.inbox.faults.refuse["reader3@example.com"] = "550 5.1.1 No such user here"
+    report = send_campaign(shared.yaml_path, confirm=lambda plan: True)
+    assert (report.accepted, report.failed) == (39, 1)
+    assert str(report.journal).startswith("postgresql://")
+    assert sorted(received(smtpd).values()) == [1] * 39
+
+    again = send_campaign(shared.yaml_path, confirm=lambda plan: True)
+    assert (again.accepted, again.plan.already_accepted, again.plan.earlier_failed) == (0, 39, 1)
+    assert len(smtpd.inbox.messages) == 39  # nobody twice
+
+    state = campaign_status(shared.yaml_path)
+    assert state.summary is not None
+    assert state.summary.counts[Status.ACCEPTED] == 39
+    assert [e.email for e in state.failed] == ["reader3@example.com"]
+    assert len(state.senders) == 2  # two runs, each a sender, both done
+    assert {s.state for s in state.senders} == {"completed"}
+    assert sum(s.accepted for s in state.senders) == 39
+    assert all(PG_PASSWORD not in json.dumps(state.to_dict()) for _ in [0])
+
+
+def test_a_later_sender_of_the_same_version_does_not_check_again(shared: CampaignDir) -> None:
+    first: list[Event] = []
+    send_campaign(shared.yaml_path, confirm=lambda plan: True, limit=10, on_event=first.append)
+    assert any(e.kind == "built" for e in first)  # the preflight built every mail
+    # Same content, same list, same suppressions: the journal says it was checked.
+    later: list[Event] = []
+    report = send_campaign(
+        shared.yaml_path, confirm=lambda plan: True, limit=10, on_event=later.append
+    )
+    assert not any(e.kind == "built" for e in later)
+    assert report.plan.already_accepted == 10
+
+
+def test_a_changed_campaign_is_refused_by_the_shared_journal(shared: CampaignDir) -> None:
+    send_campaign(shared.yaml_path, confirm=lambda plan: True, limit=5)
+    shared.write(subject="A different subject")
+    with pytest.raises(ConfigError, match="changed since its first run"):
+        send_campaign(shared.yaml_path, confirm=lambda plan: True)
+    report = send_campaign(shared.yaml_path, confirm=lambda plan: True, allow_changes=True)
+    assert report.accepted == 35
+
+
+def test_an_unreachable_journal_stops_before_anything_is_sent(
+    shared: CampaignDir, smtpd: Server, postgres: Postgres
+) -> None:
+    shared.write(journal={"url": postgres.url("mail", port=1), "password_env": PG_PASSWORD_ENV})
+    with pytest.raises(JournalError) as caught:
+        send_campaign(shared.yaml_path, confirm=lambda plan: True)
+    assert "127.0.0.1:1" in str(caught.value)
+    assert "test.yaml" in str(caught.value)
+    assert smtpd.inbox.messages == []
+
+
+def test_a_wrong_journal_password_names_the_variable_not_the_password(
+    shared: CampaignDir, smtpd: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PG_PASSWORD_ENV, "not-the-password")
+    with pytest.raises(JournalError) as caught:
+        send_campaign(shared.yaml_path, confirm=lambda plan: True)
+    assert PG_PASSWORD_ENV in str(caught.value)
+    assert "not-the-password" not in str(caught.value)
+    assert smtpd.inbox.messages == []
+
+
+# --- four senders, two killed ---------------------------------------------------------------------
+
+
+def _environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
+    env[PASSWORD_ENV] = PASSWORD
+    env[PG_PASSWORD_ENV] = PG_PASSWORD
+    return env
+
+
+def _sender(campaign: CampaignDir) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bulkmail", "run", "campaigns/test.yaml", "--yes", "--json"],
+        cwd=campaign.root,
+        env=_environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_four_senders_mail_everyone_once_though_one_is_killed_twice(
+    shared: CampaignDir, smtpd: Server
+) -> None:
+    """2,000 rows, four `bulkmail run` at once; twice a random one is killed (SIGKILL) at a
+    random moment and another started in its place. In the end every row was mailed exactly
+    once, but for at most one uncertain row per kill (mailed once or not at all)."""
+    shared.csv(people(2000))
+    # Paced, so that the run lasts long enough to be cut in the middle (4 x 150/s).
+    shared.write(rate={"per_second": 150})
+    chance = random.Random(os.getpid())
+    senders = [_sender(shared) for _ in range(4)]
+    killed = 0
+    for _ in range(2):
+        # Wait for the mails to flow, then kill at a random moment.
+        deadline = time.monotonic() + 60
+        floor = len(smtpd.inbox.messages) + 100
+        while len(smtpd.inbox.messages) < floor:
+            assert time.monotonic() < deadline, "the senders did not get going"
+            time.sleep(0.01)
+        time.sleep(chance.uniform(0, 0.5))
+        victim = chance.choice([s for s in senders if s.poll() is None])
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate()  # reaped, its pipes closed
+        killed += 1
+        senders.remove(victim)
+        senders.append(_sender(shared))
+    outcomes = []
+    for sender in senders:
+        out, err = sender.communicate(timeout=120)
+        assert sender.returncode in (0, 3), err.decode()
+        outcomes.append(json.loads(out))
+
+    status = rows(shared)
+    uncertain = [email for email, s in status.items() if s is Status.SENDING]
+    assert len(uncertain) <= killed
+    assert all(s is Status.ACCEPTED for e, s in status.items() if e not in uncertain)
+    counts = received(smtpd)
+    assert max(counts.values()) == 1, "somebody was mailed twice"
+    mailed = set(counts)
+    everyone = {row["email"] for row in people(2000)}
+    assert everyone - mailed <= set(uncertain), "somebody was skipped"
+    # The list was shared out: the senders that lived to the end each sent part of it.
+    assert sum(1 for o in outcomes if o["accepted"] > 0) >= 2
+    assert sum(o["accepted"] for o in outcomes) <= len(mailed)
+
+    state = campaign_status(shared.yaml_path)
+    # A sender killed before it registered (still starting) leaves no trace.
+    lost = [s for s in state.senders if s.state == "running" and not s.alive]
+    assert 1 <= len(lost) <= killed
+    assert all(s.state == "completed" for s in state.senders if s not in lost)
+    assert sum(s.accepted for s in state.senders) == status_count(status, Status.ACCEPTED)
+
+
+def status_count(status: dict[str, Status], wanted: Status) -> int:
+    return sum(1 for s in status.values() if s is wanted)
+
+
+def test_status_shows_each_sender(shared: CampaignDir) -> None:
+    send_campaign(shared.yaml_path, confirm=lambda plan: True, limit=7)
+    process = subprocess.run(
+        [sys.executable, "-m", "bulkmail", "status", "campaigns/test.yaml", "--json"],
+        cwd=shared.root,
+        env=_environment(),
+        capture_output=True,
+        check=True,
+    )
+    data = json.loads(process.stdout)
+    assert data["journal"].startswith("postgresql://")
+    assert [s["accepted"] for s in data["senders"]] == [7]
+    assert data["senders"][0]["state"] == "completed"
+    text = subprocess.run(
+        [sys.executable, "-m", "bulkmail", "status", "campaigns/test.yaml"],
+        cwd=shared.root,
+        env={**_environment(), "COLUMNS": "150"},
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout
+    assert "Senders" in text
+    assert "completed" in text
+
+
+# --- several relays -------------------------------------------------------------------------------
+
+
+def _rate_at(server: Server) -> float:
+    times = [m.received_at for m in server.inbox.messages]
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def test_two_relays_share_a_campaign_by_weight_each_at_its_own_rate(
+    tmp_path: Path, make_server: ServerFactory, tls: TLSPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    monkeypatch.chdir(tmp_path)
+    fast, slow = make_server("ssl"), make_server("ssl")
+    campaign = CampaignDir(tmp_path)
+    campaign.csv(people(90))
+    campaign.write(
+        rate=None,  # each relay at its own pace
+        smtp=[
+            {**smtp_settings(fast, tls), "weight": 2, "rate": {"per_second": 40}},
+            {**smtp_settings(slow, tls), "weight": 1, "rate": {"per_second": 20}},
+        ],
+    )
+    report = send_campaign(campaign.yaml_path, confirm=lambda plan: True)
+    assert report.accepted == 90
+    assert report.relays_down == []
+    assert (len(fast.inbox.messages), len(slow.inbox.messages)) == (60, 30)
+    assert 0.7 * 40 <= _rate_at(fast) <= 1.1 * 40
+    assert 0.7 * 20 <= _rate_at(slow) <= 1.1 * 20
+
+
+def test_a_relay_refusing_logins_is_set_aside_and_the_other_carries_the_run(
+    tmp_path: Path, make_server: ServerFactory, tls: TLSPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    monkeypatch.setenv("OTHER_PASSWORD", "wrong")
+    monkeypatch.chdir(tmp_path)
+    refusing, good = make_server("ssl"), make_server("ssl")
+    campaign = CampaignDir(tmp_path)
+    campaign.csv(people(20))
+    campaign.write(
+        smtp=[
+            {**smtp_settings(refusing, tls), "password_env": "OTHER_PASSWORD"},
+            smtp_settings(good, tls),
+        ]
+    )
+    events: list[Event] = []
+    report = send_campaign(campaign.yaml_path, confirm=lambda plan: True, on_event=events.append)
+    assert report.accepted == 20
+    assert report.complete
+    assert refusing.inbox.messages == []
+    assert len(good.inbox.messages) == 20
+    assert [relay for relay, _ in report.relays_down] == [f"{USERNAME}@127.0.0.1:{refusing.port}"]
+    assert any(e.kind == "relay-down" for e in events)
+
+    process = subprocess.run(
+        [sys.executable, "-m", "bulkmail", "run", "campaigns/test.yaml", "--yes", "--retry-failed"],
+        cwd=campaign.root,
+        env={**_environment(), "OTHER_PASSWORD": "wrong"},
+        capture_output=True,
+        text=True,
+    )
+    assert process.returncode == 0  # nothing left to send: nobody twice
+    assert len(good.inbox.messages) == 20
