@@ -231,7 +231,7 @@ def json_tail(stdout: str) -> dict[str, Any]:
 class Sink:
     """The sink process (bench/sink.py), driven over its stdin/stdout."""
 
-    def __init__(self, folder: Path, ca: trustme.CA) -> None:
+    def __init__(self, folder: Path, ca: trustme.CA, *options: str) -> None:
         cert = ca.issue_cert("127.0.0.1", "localhost")
         key_file, cert_file = folder / "sink.key", folder / "sink.pem"
         cert.private_key_pem.write_to_path(str(key_file))
@@ -242,6 +242,7 @@ class Sink:
                 str(BENCH / "sink.py"),
                 *("--cert", str(cert_file), "--key", str(key_file)),
                 *("--user", USER, "--password", PASSWORD),
+                *options,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -17,6 +17,7 @@ clock is system-wide, so the bench can compare it with its own.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import socket
@@ -33,9 +34,12 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 class Counter:
     """aiosmtpd handler: require the one account, count messages, keep nothing."""
 
-    def __init__(self, user: str, password: str) -> None:
+    def __init__(self, user: str, password: str, per_connection: float = 0) -> None:
         self.user = user.encode()
         self.password = password.encode()
+        # Like a relay that throttles each connection: at most this many mails a second
+        # on one connection (0: no limit); other connections are not held up.
+        self.interval = 1.0 / per_connection if per_connection else 0.0
         self.lock = threading.Lock()
         self.reset()
 
@@ -84,6 +88,12 @@ class Counter:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.interval:
+            due = getattr(session, "bench_next", 0.0)
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            session.bench_next = max(due, time.monotonic()) + self.interval
         now = time.monotonic()
         with self.lock:
             self.count += 1
@@ -112,13 +122,16 @@ def main() -> None:
     parser.add_argument("--key", required=True, help="server private key (PEM)")
     parser.add_argument("--user", required=True)
     parser.add_argument("--password", required=True)
+    parser.add_argument(
+        "--per-connection", type=float, default=0, help="at most this many mails/s a connection"
+    )
     args = parser.parse_args()
     # aiosmtpd's own AUTH code logs a deprecation warning on every login.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
-    handler = Counter(args.user, args.password)
+    handler = Counter(args.user, args.password, args.per_connection)
     controller = Controller(
         handler,
         hostname="127.0.0.1",

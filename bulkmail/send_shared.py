@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import threading
+import time
 from collections.abc import Callable, Collection
 
 from bulkmail.build import Builder
@@ -33,6 +34,7 @@ from bulkmail.deliver.ratelimit import limiter_for
 from bulkmail.deliver.transport import Transport
 from bulkmail.errors import CampaignError, DeliveryError
 from bulkmail.journal.postgres import PostgresJournal
+from bulkmail.journal.records import Entry
 from bulkmail.models import Campaign, OnEvent, Recipient, Status
 from bulkmail.record import Recorder
 from bulkmail.reports import CheckReport, SendPlan, SendReport
@@ -65,7 +67,6 @@ class Claims:
         self._batch = batch
         self._held: set[str] = set()
         self._horizon: float = 0  # the last line claimed ahead; inf: nothing left ahead
-        self.selected = 0  # rows let through to be built and sent, in all passes
 
     def rewind(self) -> None:
         """Start a new pass over the list: rows behind may have become free."""
@@ -78,7 +79,6 @@ class Claims:
             self._horizon = got[-1][1] if got else math.inf
         if recipient.key in self._held:
             self._held.discard(recipient.key)
-            self.selected += 1
             return True
         return False
 
@@ -209,16 +209,24 @@ def _passes(
     send by anyone, or the run ends (a stop, an outcome that ends it)."""
     report = recorder.report
     claims = Claims(journal, statuses)
-    should_send = functools.partial(
-        _should_send,
-        retry_failed=Status.FAILED in statuses,
-        resend_uncertain=Status.SENDING in statuses,
-    )
+    # The run's start: that of the earliest sender still going, which may have retried
+    # rows already.
+    started = min((s.started for s in journal.senders() if s.alive), default=time.time())
+
+    def should_send(entry: Entry) -> bool:
+        if entry.status is Status.FAILED and entry.updated >= started:
+            return False  # refused in this run (by another sender): one retry a run
+        return _should_send(
+            entry,
+            retry_failed=Status.FAILED in statuses,
+            resend_uncertain=Status.SENDING in statuses,
+        )
+
     limiter = limiter_for(overall_rate(builder.campaign), sleep=stop.wait)
     lease = journal.settings.lease
-    idle = 0  # passes in a row that found free rows in the journal but none in the list
+    idle = 0  # passes in a row that found free rows in the journal but sent none of them
     while not stop.is_set():
-        selected = claims.selected
+        handed = _handed_over(report)
         mails = builder.mails(limit=limit, select=claims, max_problems=MAX_LISTED)
         _send_each(
             mails, journal, transport, recorder, limiter=limiter, stop=stop, should_send=should_send
@@ -230,13 +238,18 @@ def _passes(
             if stop.is_set():
                 recorder.interrupted()
             return
-        # Free rows that a whole pass did not meet are not in the list as this sender
-        # reads it (past --limit, or gone from the file since): not this run's to send.
-        idle = idle + 1 if claims.selected == selected else 0
+        # Free rows that whole passes did not send are not this run's to send: not in the
+        # list as this sender reads it (past --limit, gone from the file since), or
+        # refused once already in this run.
+        idle = idle + 1 if _handed_over(report) == handed else 0
         if idle >= 2:
             return
         claims.rewind()
     recorder.interrupted()
+
+
+def _handed_over(report: SendReport) -> int:
+    return report.accepted + report.failed + report.uncertain
 
 
 def _more_to_claim(

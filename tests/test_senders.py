@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -137,6 +138,39 @@ def test_a_wrong_journal_password_names_the_variable_not_the_password(
     assert PG_PASSWORD_ENV in str(caught.value)
     assert "not-the-password" not in str(caught.value)
     assert smtpd.inbox.messages == []
+
+
+def test_two_senders_retrying_failed_rows_retry_each_once(
+    shared: CampaignDir, smtpd: Server
+) -> None:
+    """A row refused again during a --retry-failed run is not retried a second time by the
+    other sender of the same run."""
+    refused = [f"reader{i}@example.com" for i in range(0, 40, 4)]
+    for address in refused:
+        smtpd.inbox.faults.refuse[address] = "550 5.1.1 No such user here"
+    send_campaign(shared.yaml_path, confirm=lambda plan: True)
+    shared.write(rate={"per_second": 10})  # the retry lasts a second: both senders overlap
+    reports = []
+
+    def retry() -> None:
+        reports.append(send_campaign(shared.yaml_path, retry_failed=True, allow_changes=True))
+
+    threads = [threading.Thread(target=retry) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(r.failed for r in reports) == len(refused)
+    # One sender claimed them all (a batch); the other met each again once refused, free
+    # to claim, and left it alone.
+    loaded = load_campaign(shared.yaml_path)
+    assert loaded.journal is not None
+    from bulkmail.journal.postgres import PostgresJournal
+
+    with PostgresJournal(loaded.journal, loaded.name, sender=False) as journal:
+        entries = list(journal.entries(Status.FAILED))
+    assert sorted(e.email for e in entries) == sorted(refused)
+    assert {e.attempts for e in entries} == {2}
 
 
 # --- four senders, two killed ---------------------------------------------------------------------
