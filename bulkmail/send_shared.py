@@ -270,7 +270,11 @@ def _more_to_claim(
         if not held:
             return False
         if not waited:
-            recorder.events.emit("waiting", detail=f"{held:,} rows are held by other senders")
+            recorder.events.emit(
+                "waiting",
+                detail=f"waiting: other senders hold the last {held:,} rows (should one stop, "
+                "its rows come back here)",
+            )
             waited = True
         if stop.wait(min(lease / 3, MAX_POLL)):
             return False

@@ -340,3 +340,47 @@ def test_a_relay_refusing_logins_is_set_aside_and_the_other_carries_the_run(
     )
     assert process.returncode == 0  # nothing left to send: nobody twice
     assert len(good.inbox.messages) == 20
+
+
+def test_the_command_says_which_relay_was_set_aside(
+    tmp_path: Path, make_server: ServerFactory, tls: TLSPair
+) -> None:
+    refusing, good = make_server("ssl"), make_server("ssl")
+    campaign = CampaignDir(tmp_path)
+    campaign.csv(people(5))
+    campaign.write(
+        smtp=[
+            {**smtp_settings(refusing, tls), "password_env": "OTHER_PASSWORD"},
+            smtp_settings(good, tls),
+        ]
+    )
+    process = subprocess.run(
+        [sys.executable, "-m", "bulkmail", "run", "campaigns/test.yaml", "--yes"],
+        cwd=campaign.root,
+        env={**_environment(), "OTHER_PASSWORD": "wrong"},
+        capture_output=True,
+        text=True,
+    )
+    assert process.returncode == 0, process.stderr
+    assert f"relay set aside: {USERNAME}@127.0.0.1:{refusing.port}" in process.stderr
+    assert "the other relays carried the run" in process.stderr
+    assert "wrong" not in process.stderr
+    assert len(good.inbox.messages) == 5
+
+
+def test_the_command_stops_on_an_unreachable_journal_with_one_line(
+    shared: CampaignDir, smtpd: Server, postgres: Postgres
+) -> None:
+    shared.write(journal={"url": postgres.url("mail", port=1), "password_env": PG_PASSWORD_ENV})
+    process = subprocess.run(
+        [sys.executable, "-m", "bulkmail", "run", "campaigns/test.yaml", "--yes"],
+        cwd=shared.root,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+    )
+    assert process.returncode == 4
+    assert "Traceback" not in process.stderr
+    assert "campaigns/test.yaml" in process.stderr
+    assert "127.0.0.1:1" in process.stderr
+    assert smtpd.inbox.messages == []

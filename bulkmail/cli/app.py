@@ -238,9 +238,9 @@ class _Progress:
 
     def __call__(self, event: Event) -> None:
         _signals.checkpoint()
-        if event.kind in ("reconnect", "retry"):
+        if event.kind in ("reconnect", "retry", "waiting"):
             self._note(event.detail)
-        elif event.kind == "copy-refused":
+        elif event.kind in ("relay-down", "copy-refused"):
             self._note(f"warning: {event.detail}")
         elif self.sending and event.kind in ("sent", "failed", "uncertain"):
             self._count(event)
