@@ -514,3 +514,44 @@ def test_without_return_path_a_bounce_is_tied_by_its_message_id(
     assert (report.suppressed, report.unmatched) == (1, 0)
     assert report.handled[0].campaign == "test-campaign"
     assert suppressed(campaign) == {"reader1@example.com": "hard_bounce"}
+
+
+def test_the_loop_closes_on_a_shared_journal_too(
+    campaign: CampaignDir,
+    smtpd: Server,
+    account: Account,
+    postgres: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A campaign whose journal is in PostgreSQL: its bounces and complaints are tied to
+    its rows there (VERP token, Message-ID) and noted on them."""
+    from postgres import PASSWORD as PG_PASSWORD
+    from postgres import PASSWORD_ENV as PG_PASSWORD_ENV
+
+    from bulkmail.journal.postgres import PostgresJournal
+
+    monkeypatch.setenv(PG_PASSWORD_ENV, PG_PASSWORD)
+    url = postgres.url(postgres.database())
+    campaign.write(journal={"url": url, "password_env": PG_PASSWORD_ENV})
+    send_campaign(campaign.yaml_path)
+    account.deliver(
+        dsn(received_by(smtpd, "reader1@example.com"), "reader1@example.com", "5.1.1",
+            "550 5.1.1 <reader1@example.com>: Recipient address rejected: User unknown")
+    )  # fmt: skip
+    account.deliver(arf(received_by(smtpd, "reader4@example.com"), "reader4@example.com"))
+
+    report = read_inbox(load_campaign(campaign.yaml_path))
+
+    assert report.suppressed == 2
+    assert report.unmatched == 0
+    assert suppressed(campaign) == {
+        "reader1@example.com": "hard_bounce",
+        "reader4@example.com": "complaint",
+    }
+    loaded = load_campaign(campaign.yaml_path)
+    assert loaded.journal is not None
+    with PostgresJournal(loaded.journal, loaded.name, sender=False) as journal:
+        feedback = {e.email: e.feedback for e in journal.entries() if e.feedback}
+    assert feedback == {"reader1@example.com": "bounced", "reader4@example.com": "complained"}
+    # No journal file was made: the shared database is the campaign's only journal.
+    assert not journal_path(campaign.campaigns / ".bulkmail", "test-campaign").exists()
