@@ -163,6 +163,31 @@ def _preflight(
     return plan
 
 
+def checked(
+    builder: Builder,
+    journal: RunJournal,
+    fingerprint: dict[str, str],
+    *,
+    limit: int | None,
+    retry_failed: bool,
+    resend_uncertain: bool,
+    allow_changes: bool,
+    on_event: OnEvent | None,
+) -> SendPlan:
+    """The preflight (every mail built, the list noted in the journal), then the check
+    that the content is what earlier recipients got: the plan of the run."""
+    plan = _preflight(
+        builder,
+        journal,
+        limit=limit,
+        retry_failed=retry_failed,
+        resend_uncertain=resend_uncertain,
+        on_event=on_event,
+    )
+    _check_unchanged(journal, fingerprint, builder.campaign, allow_changes)
+    return plan
+
+
 def _planned(journal: RunJournal, recipient: Recipient) -> Entry | None:
     """Note a recipient of the list in the journal; return its entry as it now stands."""
     journal.plan(recipient)
@@ -245,16 +270,17 @@ def send_campaign(
         )
     path = journal_path(campaign.journal_dir, campaign.name)
     with Journal(path) as journal:
-        plan = _preflight(
+        fingerprint = content_fingerprint(builder)
+        plan = checked(
             builder,
             journal,
+            fingerprint,
             limit=limit,
             retry_failed=retry_failed,
             resend_uncertain=resend_uncertain,
+            allow_changes=allow_changes,
             on_event=on_event,
         )
-        fingerprint = content_fingerprint(builder)
-        _check_unchanged(journal, fingerprint, campaign, allow_changes)
         report = SendReport(plan, path)
         if plan.to_send == 0:
             return report

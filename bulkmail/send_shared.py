@@ -40,10 +40,9 @@ from bulkmail.record import Recorder
 from bulkmail.reports import CheckReport, SendPlan, SendReport
 from bulkmail.send import (
     MAX_LISTED,
-    _check_unchanged,
-    _preflight,
     _send_each,
     _should_send,
+    checked,
     content_fingerprint,
     overall_rate,
 )
@@ -157,15 +156,16 @@ def send_shared(
                     campaign, journal, retry_failed=retry_failed, resend_uncertain=resend_uncertain
                 )
             else:
-                plan = _preflight(
+                plan = checked(
                     builder,
                     journal,
+                    fingerprint,
                     limit=limit,
                     retry_failed=retry_failed,
                     resend_uncertain=resend_uncertain,
+                    allow_changes=allow_changes,
                     on_event=on_event,
                 )
-                _check_unchanged(journal, fingerprint, campaign, allow_changes)
                 journal.set_meta("preflight", version)
                 journal.flush()
         report = SendReport(plan, settings.name)

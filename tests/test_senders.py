@@ -307,21 +307,40 @@ def test_two_relays_share_a_campaign_by_weight_each_at_its_own_rate(
     assert 0.7 * 20 <= _rate_at(slow) <= 1.1 * 20
 
 
-def test_a_relay_refusing_logins_is_set_aside_and_the_other_carries_the_run(
-    tmp_path: Path, make_server: ServerFactory, tls: TLSPair, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    monkeypatch.setenv("OTHER_PASSWORD", "wrong")
-    monkeypatch.chdir(tmp_path)
+def _one_relay_refusing(
+    folder: Path, make_server: ServerFactory, tls: TLSPair, *, rows: int
+) -> tuple[CampaignDir, Server, Server]:
+    """A campaign of ``rows`` with two relays: the first's password (OTHER_PASSWORD) wrong."""
     refusing, good = make_server("ssl"), make_server("ssl")
-    campaign = CampaignDir(tmp_path)
-    campaign.csv(people(20))
+    campaign = CampaignDir(folder)
+    campaign.csv(people(rows))
     campaign.write(
         smtp=[
             {**smtp_settings(refusing, tls), "password_env": "OTHER_PASSWORD"},
             smtp_settings(good, tls),
         ]
     )
+    return campaign, refusing, good
+
+
+def _command(campaign: CampaignDir, *options: str) -> subprocess.CompletedProcess[str]:
+    """`bulkmail run --yes` in a child process, the first relay's password wrong."""
+    return subprocess.run(
+        [sys.executable, "-m", "bulkmail", "run", "campaigns/test.yaml", "--yes", *options],
+        cwd=campaign.root,
+        env={**_environment(), "OTHER_PASSWORD": "wrong"},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_a_relay_refusing_logins_is_set_aside_and_the_other_carries_the_run(
+    tmp_path: Path, make_server: ServerFactory, tls: TLSPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    monkeypatch.setenv("OTHER_PASSWORD", "wrong")
+    monkeypatch.chdir(tmp_path)
+    campaign, refusing, good = _one_relay_refusing(tmp_path, make_server, tls, rows=20)
     events: list[Event] = []
     report = send_campaign(campaign.yaml_path, confirm=lambda plan: True, on_event=events.append)
     assert report.accepted == 20
@@ -331,13 +350,7 @@ def test_a_relay_refusing_logins_is_set_aside_and_the_other_carries_the_run(
     assert [relay for relay, _ in report.relays_down] == [f"{USERNAME}@127.0.0.1:{refusing.port}"]
     assert any(e.kind == "relay-down" for e in events)
 
-    process = subprocess.run(
-        [sys.executable, "-m", "bulkmail", "run", "campaigns/test.yaml", "--yes", "--retry-failed"],
-        cwd=campaign.root,
-        env={**_environment(), "OTHER_PASSWORD": "wrong"},
-        capture_output=True,
-        text=True,
-    )
+    process = _command(campaign, "--retry-failed")
     assert process.returncode == 0  # nothing left to send: nobody twice
     assert len(good.inbox.messages) == 20
 
@@ -345,22 +358,8 @@ def test_a_relay_refusing_logins_is_set_aside_and_the_other_carries_the_run(
 def test_the_command_says_which_relay_was_set_aside(
     tmp_path: Path, make_server: ServerFactory, tls: TLSPair
 ) -> None:
-    refusing, good = make_server("ssl"), make_server("ssl")
-    campaign = CampaignDir(tmp_path)
-    campaign.csv(people(5))
-    campaign.write(
-        smtp=[
-            {**smtp_settings(refusing, tls), "password_env": "OTHER_PASSWORD"},
-            smtp_settings(good, tls),
-        ]
-    )
-    process = subprocess.run(
-        [sys.executable, "-m", "bulkmail", "run", "campaigns/test.yaml", "--yes"],
-        cwd=campaign.root,
-        env={**_environment(), "OTHER_PASSWORD": "wrong"},
-        capture_output=True,
-        text=True,
-    )
+    campaign, refusing, good = _one_relay_refusing(tmp_path, make_server, tls, rows=5)
+    process = _command(campaign)
     assert process.returncode == 0, process.stderr
     assert f"relay set aside: {USERNAME}@127.0.0.1:{refusing.port}" in process.stderr
     assert "the other relays carried the run" in process.stderr
@@ -372,13 +371,7 @@ def test_the_command_stops_on_an_unreachable_journal_with_one_line(
     shared: CampaignDir, smtpd: Server, postgres: Postgres
 ) -> None:
     shared.write(journal={"url": postgres.url("mail", port=1), "password_env": PG_PASSWORD_ENV})
-    process = subprocess.run(
-        [sys.executable, "-m", "bulkmail", "run", "campaigns/test.yaml", "--yes"],
-        cwd=shared.root,
-        env=_environment(),
-        capture_output=True,
-        text=True,
-    )
+    process = _command(shared)
     assert process.returncode == 4
     assert "Traceback" not in process.stderr
     assert "campaigns/test.yaml" in process.stderr

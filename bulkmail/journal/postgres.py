@@ -42,7 +42,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import psycopg
 
 from bulkmail.errors import JournalError, Location
-from bulkmail.journal.records import FEEDBACK, Entry, SenderInfo, Summary
+from bulkmail.journal.records import FEEDBACK, Entry, SenderInfo, Summary, entry_from_row
 from bulkmail.models import PostgresSettings, Recipient, Status
 from bulkmail.opening import Opened
 
@@ -542,7 +542,7 @@ class PostgresJournal(Opened):
             (self.campaign, key),
         ).fetchone()
         self._end_read()
-        return None if found is None else _entry(found)
+        return None if found is None else entry_from_row(found)
 
     @_translated
     def sending(
@@ -632,7 +632,7 @@ class PostgresJournal(Opened):
             (self.campaign, line),
         ).fetchone()
         self._end_read()
-        return None if found is None else _entry(found)
+        return None if found is None else entry_from_row(found)
 
     @_translated
     def entry_for_message(self, message_id: str) -> Entry | None:
@@ -645,7 +645,7 @@ class PostgresJournal(Opened):
             (self.campaign, message_id),
         ).fetchone()
         self._end_read()
-        return None if found is None else _entry(found)
+        return None if found is None else entry_from_row(found)
 
     @_translated
     def note_feedback(self, key: str, feedback: str, detail: str) -> bool:
@@ -704,7 +704,7 @@ class PostgresJournal(Opened):
         params.append(_ENTRIES_PAGE)
         rows = self._conn.execute(query, params).fetchall()
         self._end_read()
-        return [_entry(row) for row in rows]
+        return [entry_from_row(row) for row in rows]
 
     @_translated
     def summary(self) -> Summary:
@@ -972,27 +972,4 @@ def _sender(row: tuple[Any, ...]) -> SenderInfo:
         failed=int(failed),
         uncertain=int(uncertain),
         held=int(held),
-    )
-
-
-def _entry(row: tuple[Any, ...]) -> Entry:
-    (
-        key, email, line, fields, status, attempts, code, reply, message_id, first,
-        updated, envelope_from, feedback, feedback_detail,
-    ) = row  # fmt: skip
-    return Entry(
-        key=str(key),
-        email=str(email),
-        line=int(line),
-        fields=json.loads(str(fields)),
-        status=Status(status),
-        attempts=int(attempts),
-        code=code,
-        reply=reply,
-        message_id=message_id,
-        first_attempt=first,
-        updated=float(updated),
-        envelope_from=envelope_from,
-        feedback=feedback,
-        feedback_detail=feedback_detail,
     )

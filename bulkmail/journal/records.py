@@ -7,9 +7,10 @@ share.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from bulkmail.models import Recipient, Status
 
@@ -36,6 +37,29 @@ class Entry:
     envelope_from: str | None = None
     feedback: str | None = None  # one of FEEDBACK
     feedback_detail: str | None = None
+
+
+def entry_from_row(row: tuple[Any, ...]) -> Entry:
+    """An `Entry` from a row of the journal's columns, in `Entry`'s order (``fields`` as
+    JSON text); a row of an old SQLite journal may stop before ``envelope_from``."""
+    key, email, line, fields, status, attempts, code, reply, message_id, first, updated = row[:11]
+    envelope_from, feedback, feedback_detail = row[11:14] if len(row) > 11 else (None,) * 3
+    return Entry(
+        key=str(key),
+        email=str(email),
+        line=int(line),
+        fields=json.loads(str(fields)),
+        status=Status(status),
+        attempts=int(attempts),
+        code=code,
+        reply=reply,
+        message_id=message_id,
+        first_attempt=first,
+        updated=float(updated),
+        envelope_from=envelope_from,
+        feedback=feedback,
+        feedback_detail=feedback_detail,
+    )
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import filelock
 
 from bulkmail.errors import JournalError, Location, display_path
-from bulkmail.journal.records import FEEDBACK, Entry, Summary
+from bulkmail.journal.records import FEEDBACK, Entry, Summary, entry_from_row
 from bulkmail.models import Recipient, Status, address_key
 from bulkmail.opening import Opened
 
@@ -424,7 +424,7 @@ class Journal(Opened):
     def status_of(self, key: str) -> Entry | None:
         row = self._conn.execute(f"SELECT {_ALL} FROM recipients WHERE key = ?", (key,))
         found = row.fetchone()
-        return None if found is None else _entry(found)
+        return None if found is None else entry_from_row(found)
 
     @_translated
     def sending(
@@ -493,7 +493,7 @@ class Journal(Opened):
         found = self._conn.execute(
             f"SELECT {_ALL} FROM recipients WHERE line = ? LIMIT 1", (line,)
         ).fetchone()
-        return None if found is None else _entry(found)
+        return None if found is None else entry_from_row(found)
 
     @_translated
     def entry_for_message(self, message_id: str) -> Entry | None:
@@ -501,7 +501,7 @@ class Journal(Opened):
         found = self._conn.execute(
             f"SELECT {_ALL} FROM recipients WHERE message_id = ? LIMIT 1", (message_id,)
         ).fetchone()
-        return None if found is None else _entry(found)
+        return None if found is None else entry_from_row(found)
 
     @_translated
     def note_feedback(self, key: str, feedback: str, detail: str) -> bool:
@@ -533,7 +533,7 @@ class Journal(Opened):
             query += f" WHERE status IN ({', '.join('?' * len(statuses))})"
         try:
             for row in self._conn.execute(query + " ORDER BY line", [s.value for s in statuses]):
-                yield _entry(row)
+                yield entry_from_row(row)
         except sqlite3.Error as exc:
             raise _sqlite_error(self.path, exc) from exc
 
@@ -671,24 +671,3 @@ _COLUMNS = (
 )
 _COLUMNS_3 = "envelope_from, feedback, feedback_detail"
 _ALL = f"{_COLUMNS}, {_COLUMNS_3}"
-
-
-def _entry(row: tuple[Any, ...]) -> Entry:
-    key, email, line, fields, status, attempts, code, reply, message_id, first, updated = row[:11]
-    envelope_from, feedback, feedback_detail = row[11:] if len(row) > 11 else (None,) * 3
-    return Entry(
-        key=str(key),
-        email=str(email),
-        line=int(line),
-        fields=json.loads(str(fields)),
-        status=Status(status),
-        attempts=int(attempts),
-        code=code,
-        reply=reply,
-        message_id=message_id,
-        first_attempt=first,
-        updated=float(updated),
-        envelope_from=envelope_from,
-        feedback=feedback,
-        feedback_detail=feedback_detail,
-    )
