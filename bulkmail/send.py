@@ -151,7 +151,7 @@ def _preflight(
     mails = builder.mails(limit=limit, on_event=note, content=False, lint=True)
     for mail in mails:
         if mails.result.ok:  # once anything is wrong, only keep checking
-            entry = _planned(journal, mail.recipient)
+            entry = journal.plan(mail.recipient)  # as the row now stands
             _count(plan, entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain)
     try:
         mails.result.problems.raise_if_any()
@@ -186,12 +186,6 @@ def checked(
     )
     _check_unchanged(journal, fingerprint, builder.campaign, allow_changes)
     return plan
-
-
-def _planned(journal: RunJournal, recipient: Recipient) -> Entry | None:
-    """Note a recipient of the list in the journal; return its entry as it now stands."""
-    journal.plan(recipient)
-    return journal.status_of(recipient.key)
 
 
 def _count(
@@ -290,7 +284,7 @@ def send_campaign(
         # Rows already dealt with are not even rendered: a resume after 9,000 of 10,000
         # builds 1,000 mails. Rows new since the preflight (no entry) are let through, for
         # _deliver to count them.
-        wanted = _wanted(journal, retry_failed=retry_failed, resend_uncertain=resend_uncertain)
+        wanted = _Wanted(journal, retry_failed=retry_failed, resend_uncertain=resend_uncertain)
         mails = builder.mails(limit=limit, select=wanted, max_problems=MAX_LISTED)
         _deliver(
             mails,
@@ -304,23 +298,40 @@ def send_campaign(
             resend_uncertain=resend_uncertain,
             stop=stop,
             on_event=on_event,
+            entry_of=wanted.entry_of,
         )
     return report
 
 
-def _wanted(
-    journal: RunJournal, *, retry_failed: bool, resend_uncertain: bool
-) -> Callable[[Recipient], bool]:
+class _Wanted:
     """Which rows to build for sending: the ones this run may send, and rows the journal
-    does not know (new since the preflight), which `_deliver` counts in ``report.added``."""
+    does not know (new since the preflight), which `_deliver` counts in ``report.added``.
 
-    def wanted(recipient: Recipient) -> bool:
-        entry = journal.status_of(recipient.key)
-        return entry is None or _should_send(
-            entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain
-        )
+    Each row's entry, read to decide, is kept until its mail comes to be sent
+    (`entry_of`): one run holds the journal, so it has not changed meanwhile, and the
+    journal is read once per mail, not twice.
+    """
 
-    return wanted
+    def __init__(self, journal: RunJournal, *, retry_failed: bool, resend_uncertain: bool) -> None:
+        self._journal = journal
+        self._retry_failed = retry_failed
+        self._resend_uncertain = resend_uncertain
+        self._entries: dict[str, Entry | None] = {}  # rows on their way to be sent
+
+    def __call__(self, recipient: Recipient) -> bool:
+        entry = self._journal.status_of(recipient.key)
+        if entry is None or _should_send(
+            entry, retry_failed=self._retry_failed, resend_uncertain=self._resend_uncertain
+        ):
+            self._entries[recipient.key] = entry
+            return True
+        return False
+
+    def entry_of(self, key: str) -> Entry | None:
+        """The entry of a row let through, as it was read (once)."""
+        if key in self._entries:
+            return self._entries.pop(key)
+        return self._journal.status_of(key)
 
 
 def _deliver(
@@ -336,6 +347,7 @@ def _deliver(
     resend_uncertain: bool,
     stop: threading.Event,
     on_event: OnEvent | None,
+    entry_of: Callable[[str], Entry | None] | None = None,
 ) -> None:
     """Send ``mails`` (built as the loop consumes them; the problems of the ones that
     could not be built are collected in ``unbuilt`` meanwhile) and record each outcome.
@@ -356,6 +368,7 @@ def _deliver(
                 should_send=functools.partial(
                     _should_send, retry_failed=retry_failed, resend_uncertain=resend_uncertain
                 ),
+                entry_of=entry_of,
             )
     except DeliveryError as exc:  # connecting, TLS or login failed: nothing was handed over
         recorder.stopped(exc)
@@ -375,11 +388,14 @@ def _send_each(
     limiter: RateLimiter,
     stop: threading.Event,
     should_send: Callable[[Entry], bool],
+    entry_of: Callable[[str], Entry | None] | None = None,
 ) -> None:
     """The path of each mail: skip it, or wait for its turn, mark it, send it, record it;
-    until the last mail, a stop, or an outcome that ends the run."""
+    until the last mail, a stop, or an outcome that ends the run. ``entry_of``: where
+    each row's journal entry comes from (by default, read from the journal now)."""
+    entry_of = entry_of or journal.status_of
     for mail in mails:
-        entry = journal.status_of(mail.recipient.key)
+        entry = entry_of(mail.recipient.key)
         if entry is None:
             recorder.added()  # new since the preflight: left for the next run to check
             continue

@@ -502,13 +502,14 @@ class PostgresJournal(Opened):
     # --- recipients ----------------------------------------------------------------------
 
     @_translated
-    def plan(self, recipient: Recipient, status: Status = Status.PENDING, reply: str = "") -> None:
+    def plan(self, recipient: Recipient, status: Status = Status.PENDING, reply: str = "") -> Entry:
         """Note a recipient of the list (pending, or skipped with why); keep a known outcome.
+        Returns the row as it now stands (one round trip).
 
         Call between `begin_batch` and `flush`: planning a whole list is one transaction.
         """
         fields = json.dumps(dict(recipient.fields), ensure_ascii=False)
-        self._conn.execute(
+        row = self._conn.execute(
             "INSERT INTO bulkmail_recipients AS r "
             "(campaign, key, email, line, fields, status, reply, updated) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
@@ -518,7 +519,8 @@ class PostgresJournal(Opened):
             "status = CASE WHEN excluded.status = 'skipped' AND r.status IN ('pending', 'skipped') "
             "THEN 'skipped' WHEN r.status = 'skipped' THEN 'pending' ELSE r.status END, "
             "reply = CASE WHEN excluded.status = 'skipped' AND r.status IN ('pending', 'skipped') "
-            "THEN excluded.reply WHEN r.status = 'skipped' THEN NULL ELSE r.reply END",
+            "THEN excluded.reply WHEN r.status = 'skipped' THEN NULL ELSE r.reply END "
+            f"RETURNING {_COLUMNS}",
             (
                 self.campaign,
                 recipient.key,
@@ -529,7 +531,9 @@ class PostgresJournal(Opened):
                 reply,
                 time.time(),
             ),
-        )
+        ).fetchone()
+        assert row is not None  # an upsert returns its row
+        return entry_from_row(row)
 
     def begin_batch(self) -> None:
         """Start a transaction that `flush` (or the next `sending`) commits: psycopg opens

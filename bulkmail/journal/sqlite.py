@@ -395,14 +395,15 @@ class Journal(Opened):
     # --- recipients ----------------------------------------------------------------------
 
     @_translated
-    def plan(self, recipient: Recipient, status: Status = Status.PENDING, reply: str = "") -> None:
+    def plan(self, recipient: Recipient, status: Status = Status.PENDING, reply: str = "") -> Entry:
         """Note a recipient of the list (pending, or skipped with why); keep a known outcome.
+        Returns the row as it now stands (one statement).
 
         Call between `begin_batch` and `flush`: planning a whole list is one transaction.
         """
         fields = json.dumps(dict(recipient.fields), ensure_ascii=False)
         now = time.time()
-        self._conn.execute(
+        found = self._conn.execute(
             "INSERT INTO recipients (key, email, line, fields, status, reply, updated) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET line = excluded.line, fields = excluded.fields, "
@@ -410,9 +411,11 @@ class Journal(Opened):
             "status = CASE WHEN excluded.status = 'skipped' AND status IN ('pending', 'skipped') "
             "THEN 'skipped' WHEN status = 'skipped' THEN 'pending' ELSE status END, "
             "reply = CASE WHEN excluded.status = 'skipped' AND status IN ('pending', 'skipped') "
-            "THEN excluded.reply WHEN status = 'skipped' THEN NULL ELSE reply END",
+            "THEN excluded.reply WHEN status = 'skipped' THEN NULL ELSE reply END "
+            f"RETURNING {_ALL}",
             (recipient.key, recipient.email, recipient.line, fields, status.value, reply, now),
-        )
+        ).fetchone()
+        return entry_from_row(found)
 
     @_translated
     def begin_batch(self) -> None:
