@@ -77,8 +77,11 @@ class Recorder:
         self.journal.start_run()
         self._started = self._clock()
 
-    def mark(self, mail: OutgoingMail) -> bool:
+    def mark(self, mail: OutgoingMail, *, durable: bool = True) -> bool:
         """Mark ``mail`` as being sent, committed and synced: only then may it go.
+
+        ``durable=False``: the mark may still be on its way to the disk when this returns;
+        the transport must call ``journal.settle`` before handing the mail over.
 
         False: the journal refused the mark (a shared journal, where another sender took
         the row over after this one's lease ran out): the mail must not go.
@@ -89,7 +92,7 @@ class Recorder:
             self.journal.begin_batch()
             self.journal.set_meta("fingerprint", json.dumps(self._fingerprint, sort_keys=True))
             self._fingerprint = None
-        return self.journal.sending(mail.recipient, mail.message_id, mail.sender)
+        return self.journal.sending(mail.recipient, mail.message_id, mail.sender, durable=durable)
 
     def record(self, mail: OutgoingMail, outcome: Outcome, *, was: Status) -> None:
         """Record what became of ``mail``, marked before; ``was``: its status before."""

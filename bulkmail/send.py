@@ -405,9 +405,11 @@ def _send_each(
         if stop.is_set():
             recorder.interrupted()
             return
-        if not recorder.mark(mail):  # committed and synced: only now may the mail go
+        # The mark's commit goes to disk while the transport says MAIL FROM and RCPT TO;
+        # the transport waits for it (settle) before DATA: only then may the mail go.
+        if not recorder.mark(mail, durable=False):
             continue  # another sender of a shared journal has the row now
-        outcome = send_one(transport, mail)
+        outcome = send_one(transport, mail, before_data=journal.settle)
         recorder.record(mail, outcome, was=entry.status)
         if outcome.ends_run:
             return

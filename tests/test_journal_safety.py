@@ -11,12 +11,13 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from builders import CampaignDir, people, smtp_settings
-from conftest import PASSWORD, PASSWORD_ENV, Server, TLSPair
+from conftest import PASSWORD, PASSWORD_ENV, Inbox, Server, TLSPair, transport
 from typer.testing import CliRunner, Result
 
 import bulkmail.journal.sqlite
@@ -73,38 +74,85 @@ def test_every_commit_is_synced_to_disk(tmp_path: Path) -> None:
 
 
 class PeekingTransport(SMTPTransport):
-    """The real SMTP transport, which first reads the journal from a connection of its own."""
+    """The real SMTP transport, which reads the journal from a connection of its own once
+    the run lets the mail go (``before_data`` returned), before DATA."""
 
-    def __init__(self, journal: Path, *args: object, **kwargs: object) -> None:
+    def __init__(self, journal: Path, inbox: Inbox, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.journal = journal
+        self.inbox = inbox
         self.seen: list[dict[str, str]] = []
+        self.received_before: list[int] = []
 
-    def send(self, mail: OutgoingMail) -> str:
-        with sqlite3.connect(self.journal) as db:
-            self.seen.append(dict(db.execute("SELECT email, status FROM recipients")))
-        db.close()
-        return super().send(mail)
+    def send(self, mail: OutgoingMail, *, before_data: Callable[[], None] | None = None) -> str:
+        def peek() -> None:
+            assert before_data is not None  # the run always gives one
+            before_data()
+            self.received_before.append(len(self.inbox.messages))
+            with sqlite3.connect(self.journal) as db:
+                self.seen.append(dict(db.execute("SELECT email, status FROM recipients")))
+            db.close()
+
+        return super().send(mail, before_data=peek)
 
 
-def test_mark_and_the_previous_outcome_are_committed_before_the_transport_is_called(
-    tmp_path: Path, smtpd: Server, tls: TLSPair
+def test_mark_and_the_previous_outcome_are_committed_before_the_mail_is_handed_over(
+    tmp_path: Path, smtpd: Server, tls: TLSPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The mark's commit may overlap MAIL FROM and RCPT TO, but it is on disk (seen from
+    another connection) before DATA, with the outcome of the mail before: even when the
+    disk takes longer than the commands (a slow disk, here a commit that waits first)."""
+    import bulkmail.journal.sqlite as journal_module
+
+    commit = journal_module._commit
+
+    def slow_commit(db: sqlite3.Connection) -> None:
+        time.sleep(0.2)
+        commit(db)
+
+    monkeypatch.setattr(journal_module, "_commit", slow_commit)
     c = CampaignDir(tmp_path)
     c.csv(people(4))
     c.write(smtp=smtp_settings(smtpd, tls))
     transport = PeekingTransport(
-        journal_of(c), smtpd.settings(), password=PASSWORD, ssl_context=tls.client
+        journal_of(c), smtpd.inbox, smtpd.settings(), password=PASSWORD, ssl_context=tls.client
     )
 
     report = send_campaign(c.yaml_path, transport=transport)
 
     assert report.accepted == 4
     assert len(transport.seen) == 4
+    assert transport.received_before == [0, 1, 2, 3]  # each peek came before that DATA
     addresses = [f"reader{i}@example.com" for i in range(4)]
     for n, seen in enumerate(transport.seen):
         expected = ["accepted"] * n + ["sending"] + ["pending"] * (3 - n)
         assert [seen[a] for a in addresses] == expected
+
+
+def test_a_mark_that_does_not_reach_the_disk_keeps_its_mail_from_going(
+    tmp_path: Path, smtpd: Server, tls: TLSPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third mark's commit fails (the disk, while MAIL FROM and RCPT TO went on): that
+    mail is never handed over, and the run stops with the journal's error."""
+    import bulkmail.journal.sqlite as journal_module
+
+    commit = journal_module._commit
+    calls = []
+
+    def failing_commit(db: sqlite3.Connection) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise sqlite3.OperationalError("disk I/O error")
+        commit(db)
+
+    monkeypatch.setattr(journal_module, "_commit", failing_commit)
+    c = CampaignDir(tmp_path)
+    c.csv(people(5))
+    c.write(smtp=smtp_settings(smtpd, tls))
+    with pytest.raises(JournalError, match="disk I/O error") as caught:
+        send_campaign(c.yaml_path, transport=transport(smtpd, tls))
+    assert "test-campaign.sqlite" in str(caught.value)
+    assert smtpd.inbox.recipients == ["reader0@example.com", "reader1@example.com"]
 
 
 # --- 2. a journal that cannot be trusted is never read as "nobody was mailed" ---------------------

@@ -18,11 +18,12 @@ the journal or the report:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from bulkmail.deliver.smtp import Delivered, SendCancelled
-from bulkmail.deliver.transport import Transport
+from bulkmail.deliver.transport import Transport, send_through
 from bulkmail.errors import DeliveryError, DeliveryUncertain, RecipientRefused
 from bulkmail.models import OutgoingMail
 
@@ -77,14 +78,19 @@ class Stopped:
 Outcome = Accepted | Refused | Uncertain | Cancelled | Stopped
 
 
-def send_one(transport: Transport, mail: OutgoingMail) -> Outcome:
+def send_one(
+    transport: Transport, mail: OutgoingMail, *, before_data: Callable[[], None] | None = None
+) -> Outcome:
     """Hand ``mail`` to ``transport`` and say what became of it.
 
+    ``before_data`` must return before the mail is handed over (the journal's mark made
+    durable): a transport that can (`takes_before_data`) calls it just before DATA, so
+    the wait overlaps the commands before; any other is given the mail only after it.
     Only the transport is touched. KeyboardInterrupt goes through: the mail's fate is then
     unknown, and the caller leaves it in doubt.
     """
     try:
-        reply = transport.send(mail)
+        reply = send_through(transport, mail, before_data)
     except RecipientRefused as exc:
         return Refused(exc.code, exc.reply, exc.permanent, str(exc))
     except SendCancelled as exc:

@@ -30,7 +30,7 @@ from typing import Any
 
 from bulkmail.deliver.ratelimit import NoLimit, RateLimiter, limiter_for
 from bulkmail.deliver.smtp import SendCancelled, SMTPTransport, event_text, resolve_password
-from bulkmail.deliver.transport import Transport
+from bulkmail.deliver.transport import Transport, send_through
 from bulkmail.errors import DeliveryError, DeliveryUncertain, RecipientRefused
 from bulkmail.models import OutgoingMail, SmtpSettings
 from bulkmail.opening import Opened
@@ -138,9 +138,13 @@ class RelayPool(Opened):
         if not announce:
             raise failed[0][1]
 
-    def send(self, mail: OutgoingMail) -> str:
+    def takes_before_data(self) -> bool:
+        """`send` passes its ``before_data`` on to the relay's transport."""
+        return True
+
+    def send(self, mail: OutgoingMail, *, before_data: Callable[[], None] | None = None) -> str:
         """Send ``mail`` through the next relay by weight, after that relay's own wait;
-        return the reply of the relay that took it.
+        return the reply of the relay that took it. ``before_data``: as for one relay.
 
         A relay that fails without having taken the mail is set aside and the mail goes
         to the next one. Raises RecipientRefused, DeliveryUncertain and SendCancelled as
@@ -155,7 +159,7 @@ class RelayPool(Opened):
                     f" for {relay.name}'s rate"
                 )
             try:
-                reply = relay.transport.send(mail)
+                reply = send_through(relay.transport, mail, before_data)
             except _ABOUT_THE_MAIL:
                 raise
             except DeliveryError as exc:  # never handed over: the relay itself is the trouble

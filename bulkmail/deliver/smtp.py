@@ -318,9 +318,16 @@ class SMTPTransport(Opened):
         if self._smtp is None:
             self._connect()
 
-    def send(self, mail: OutgoingMail) -> str:
+    def takes_before_data(self) -> bool:
+        """`send` calls its ``before_data`` itself, just before DATA."""
+        return True
+
+    def send(self, mail: OutgoingMail, *, before_data: Callable[[], None] | None = None) -> str:
         """Deliver ``mail`` to its one recipient; return the server's 2xx reply.
 
+        ``before_data`` is called once MAIL FROM and RCPT TO are accepted, before DATA:
+        the mail is handed over only after it returns (an exception from it leaves the
+        mail unsent, and the next transaction starts with RSET).
         Raises RecipientRefused for this recipient only; DeliveryUncertain if the outcome
         cannot be known; SendCancelled if a stop cut a wait short (the mail was not sent);
         ConnectError, TLSError or AuthError when the batch must stop.
@@ -331,7 +338,7 @@ class SMTPTransport(Opened):
         while True:
             smtp = self._ready_connection()
             try:
-                reply = self._transaction(smtp, mail, payload, refused)
+                reply = self._transaction(smtp, mail, payload, refused, before_data)
             except DeliveryUncertain:
                 self._discard_connection()
                 raise
@@ -535,7 +542,12 @@ class SMTPTransport(Opened):
     # -- one mail -------------------------------------------------------------------------
 
     def _transaction(
-        self, smtp: smtplib.SMTP, mail: OutgoingMail, payload: bytes, refused: list[str]
+        self,
+        smtp: smtplib.SMTP,
+        mail: OutgoingMail,
+        payload: bytes,
+        refused: list[str],
+        before_data: Callable[[], None] | None = None,
     ) -> _Reply:
         """MAIL, RCPT, DATA for one mail. Raises _Dropped when the mail can safely be resent."""
         options = self._mail_options(smtp, mail)
@@ -546,7 +558,7 @@ class SMTPTransport(Opened):
             self._needs_rset = False
         self._sent_on_connection += 1
         self._needs_rset = True  # until the server accepts this mail
-        reply = self._exchange(smtp, mail, options, payload, refused)
+        reply = self._exchange(smtp, mail, options, payload, refused, before_data)
         self._check(reply)
         self._needs_rset = not reply.accepted
         return reply
@@ -558,9 +570,10 @@ class SMTPTransport(Opened):
         options: list[str],
         payload: bytes,
         refused: list[str],
+        before_data: Callable[[], None] | None = None,
     ) -> _Reply:
-        """MAIL FROM, RCPT TO the row's recipient then each copy, DATA. A refused copy is
-        noted in ``refused`` and the mail still goes to the others."""
+        """MAIL FROM, RCPT TO the row's recipient then each copy, ``before_data``, DATA. A
+        refused copy is noted in ``refused`` and the mail still goes to the others."""
         refused.clear()
         reply = self._command("MAIL FROM", lambda: smtp.mail(mail.sender, options))
         if not reply.accepted:
@@ -573,6 +586,8 @@ class SMTPTransport(Opened):
             self._check(answer)
             if not answer.accepted:
                 refused.append(f"{copy}: copy refused by {self.where} at RCPT TO: {answer}")
+        if before_data is not None:
+            before_data()  # e.g. the journal's mark reaching the disk: only then may it go
         reply = self._command("DATA", lambda: smtp.docmd("DATA"))
         if reply.code != 354:
             return reply

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 from bulkmail.models import OutgoingMail
 
@@ -29,3 +30,30 @@ class Transport(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+@runtime_checkable
+class GatedTransport(Transport, Protocol):
+    """A transport that waits for a go-ahead (``before_data``) just before it hands a mail
+    over, after the commands that do not (SMTP's MAIL FROM, RCPT TO)."""
+
+    def send(self, mail: OutgoingMail, *, before_data: Callable[[], None] | None = None) -> str:
+        """Deliver one mail, calling ``before_data`` (once it may go) before its data."""
+        ...
+
+    def takes_before_data(self) -> bool:
+        """Marks the transports that call ``before_data`` themselves."""
+        ...
+
+
+def send_through(
+    transport: Transport, mail: OutgoingMail, before_data: Callable[[], None] | None = None
+) -> str:
+    """``transport.send(mail)``, with ``before_data`` returning before the mail is handed
+    over: called by the transport just before DATA if it can, else before the send."""
+    if before_data is None:
+        return transport.send(mail)
+    if isinstance(transport, GatedTransport):
+        return transport.send(mail, before_data=before_data)
+    before_data()
+    return transport.send(mail)

@@ -550,13 +550,19 @@ class PostgresJournal(Opened):
 
     @_translated
     def sending(
-        self, recipient: Recipient, message_id: str, envelope_from: str | None = None
+        self,
+        recipient: Recipient,
+        message_id: str,
+        envelope_from: str | None = None,
+        *,
+        durable: bool = True,
     ) -> bool:
         """Mark a recipient as being sent, and commit (with any outcome recorded before).
 
         Only while this sender holds the row (and it was not sent or skipped since): False
         if another sender took it after this one's lease ran out; nothing changed then,
-        and the mail must not go. The commit is durable before this returns.
+        and the mail must not go. The commit is durable before this returns, whatever
+        ``durable`` says (the answer is needed at once).
         """
         db = self._conn
         cursor = db.execute(
@@ -579,6 +585,9 @@ class PostgresJournal(Opened):
         marked = cursor.rowcount == 1
         db.commit()
         return marked
+
+    def settle(self) -> None:
+        """Nothing to wait for: every mark is durable when `sending` returns."""
 
     @_translated
     def outcome(self, recipient: Recipient, status: Status, code: int | None, reply: str) -> None:

@@ -124,9 +124,19 @@ class RunJournal(Protocol):
     def status_of(self, key: str) -> Entry | None: ...
 
     def sending(
-        self, recipient: Recipient, message_id: str, envelope_from: str | None = None
+        self,
+        recipient: Recipient,
+        message_id: str,
+        envelope_from: str | None = None,
+        *,
+        durable: bool = True,
     ) -> bool:
-        """Mark and commit; False (nothing changed) if this sender may not send the row."""
+        """Mark and commit; False (nothing changed) if this sender may not send the row.
+        ``durable=False`` may return before the mark is durable: `settle` waits for it."""
+        ...
+
+    def settle(self) -> None:
+        """Wait until the last mark is durable; raise if it could not be made so."""
         ...
 
     def outcome(

@@ -22,6 +22,7 @@ releases when the process dies, so no stale lock is ever left behind.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -123,6 +124,7 @@ def _translated(
 
     @functools.wraps(method)
     def wrapper(journal: Journal, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        journal.settle()  # a mark's commit still in flight is finished first
         try:
             return method(journal, *args, **kwargs)
         except sqlite3.Error as exc:
@@ -146,6 +148,9 @@ class Journal(Opened):
         )
         self._db: sqlite3.Connection | None = None
         self._run_id: int | None = None
+        # The commit of a mark made with durable=False, running in `_committer`'s thread.
+        self._committer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._commit: concurrent.futures.Future[None] | None = None
 
     @property
     def where(self) -> str:
@@ -334,7 +339,15 @@ class Journal(Opened):
 
     def close(self) -> None:
         """Commit what is pending, close the database and release the lock."""
-        db, self._db = self._db, None
+        db = self._db
+        try:
+            self.settle()  # a mark's commit in flight: finished, or its error raised
+        finally:
+            self._stop_committer()
+            self._db = None
+            self._close(db)
+
+    def _close(self, db: sqlite3.Connection | None) -> None:
         try:
             if db is not None:
                 try:
@@ -346,6 +359,11 @@ class Journal(Opened):
             raise _sqlite_error(self.path, exc) from exc
         finally:
             self._release()
+
+    def _stop_committer(self) -> None:
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.shutdown(wait=True)
 
     def _discard(self) -> None:
         """Close without committing, and release the lock: an open that was refused or
@@ -431,11 +449,20 @@ class Journal(Opened):
 
     @_translated
     def sending(
-        self, recipient: Recipient, message_id: str, envelope_from: str | None = None
+        self,
+        recipient: Recipient,
+        message_id: str,
+        envelope_from: str | None = None,
+        *,
+        durable: bool = True,
     ) -> bool:
         """Mark a recipient as being sent, and commit (with any outcome recorded before).
 
         The commit is synced to disk before this returns: only then may the message go.
+        ``durable=False``: the commit (its wait for the disk) goes on in another thread
+        and this returns at once; `settle` waits for it, and must return before the
+        message is handed over (the SMTP transport calls it before DATA, so the sync
+        overlaps MAIL FROM and RCPT TO). Any other use of the journal settles first.
         True: one run holds the file, so the row is always this run's to send.
         """
         self.begin_batch()
@@ -446,8 +473,26 @@ class Journal(Opened):
             "updated = ? WHERE key = ?",
             (message_id, envelope_from, now, now, recipient.key),
         )
-        self._conn.execute("COMMIT")
+        if durable:
+            self._conn.execute("COMMIT")
+            return True
+        if self._committer is None:
+            self._committer = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="journal-commit"
+            )
+        self._commit = self._committer.submit(_commit, self._conn)
         return True
+
+    def settle(self) -> None:
+        """Wait until a mark made with ``durable=False`` is on disk; a JournalError if its
+        commit failed (then nothing of the mark or the outcomes before it was kept)."""
+        commit, self._commit = self._commit, None
+        if commit is None:
+            return
+        try:
+            commit.result()
+        except sqlite3.Error as exc:
+            raise _sqlite_error(self.path, exc) from exc
 
     @_translated
     def outcome(self, recipient: Recipient, status: Status, code: int | None, reply: str) -> None:
@@ -531,6 +576,7 @@ class Journal(Opened):
 
     def entries(self, *statuses: Status) -> Iterator[Entry]:
         """Recipients with one of ``statuses`` (all if none), in list order."""
+        self.settle()
         query = f"SELECT {_ALL} FROM recipients"
         if statuses:
             query += f" WHERE status IN ({', '.join('?' * len(statuses))})"
@@ -572,12 +618,18 @@ class Journal(Opened):
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    # check_same_thread=False: a mark's commit may run in another thread (`sending` with
+    # durable=False), never while this one uses the connection (`settle` comes first).
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
     # Every commit synced to disk (the WAL, at each commit) before it returns: a power cut
     # loses no committed mark. fullfsync: where fsync alone stops at the drive's cache (macOS).
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA fullfsync=ON")
     return db
+
+
+def _commit(db: sqlite3.Connection) -> None:
+    db.execute("COMMIT")
 
 
 def _database_files(path: Path) -> list[Path]:
