@@ -12,6 +12,7 @@ from pathlib import Path
 from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 
 from bulkmail.errors import Location, RecipientError
+from bulkmail.load.seen import SeenAddresses
 from bulkmail.models import Recipient, Skipped, address_key
 
 # Characters that must never reach a header through a display name: CR and LF above all
@@ -288,26 +289,30 @@ def iter_recipients(
     that makes the rest of the file unreadable (no email column, bad encoding) is raised.
     ``suppressed`` holds `address_key`s, or maps them to why (shown with the skipped row).
     ``delimiter``: None to find it from the header.
-    Memory: one row at a time, plus the keys of the addresses seen (to find duplicates).
+    Memory: one row at a time, plus the keys of the addresses seen (to find duplicates),
+    the first few thousand in memory and the rest on disk (load/seen.py).
     """
     why: Mapping[str, str] = (
         suppressed if isinstance(suppressed, Mapping) else dict.fromkeys(suppressed, "")
     )
-    seen: dict[str, int] = {}
-    for line, row in read_rows(path, delimiter=delimiter):
-        try:
-            recipient = _recipient(path, line, row, allow_special_domains)
-        except RecipientError as exc:
-            yield exc
-            continue
-        key = recipient.key
-        if key in seen:
-            yield Skipped(recipient, "duplicate", f"same address as line {seen[key]}")
-        elif key in why:
-            seen[key] = line
-            reason = why[key]
-            detail = f"on the suppression list ({reason})" if reason else "on the suppression list"
-            yield Skipped(recipient, "suppressed", detail)
-        else:
-            seen[key] = line
-            yield recipient
+    with SeenAddresses() as seen:
+        for line, row in read_rows(path, delimiter=delimiter):
+            try:
+                recipient = _recipient(path, line, row, allow_special_domains)
+            except RecipientError as exc:
+                yield exc
+                continue
+            key = recipient.key
+            first = seen.line_of(key)
+            if first is not None:
+                yield Skipped(recipient, "duplicate", f"same address as line {first}")
+                continue
+            seen.add(key, line)
+            if key in why:
+                reason = why[key]
+                detail = (
+                    f"on the suppression list ({reason})" if reason else "on the suppression list"
+                )
+                yield Skipped(recipient, "suppressed", detail)
+            else:
+                yield recipient
