@@ -23,3 +23,18 @@ def open_owner_only(path: Path) -> TextIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def place_once(new: Path, path: Path) -> None:
+    """Give the finished file ``new`` the name ``path``, unless another process gave its
+    own first: a hard link never replaces a file, so when two make it at once, both end
+    with the first one's. Where hard links are not supported, a rename, only while there
+    is none (it could replace a rival's made in the same instant). ``new`` stays; the
+    caller removes it."""
+    try:
+        os.link(new, path)
+    except FileExistsError:
+        return  # a rival's came first: everyone uses that one
+    except OSError:
+        if not path.exists():
+            os.replace(new, path)

@@ -26,6 +26,7 @@ from postgres import Postgres
 
 from bulkmail import Event, campaign_status, load_campaign, send_campaign
 from bulkmail.errors import ConfigError, JournalError
+from bulkmail.journal.postgres import PostgresJournal
 from bulkmail.models import Status
 
 LEASE = 2.0  # seconds: a killed sender's rows come back quickly
@@ -64,8 +65,6 @@ def rows(campaign: CampaignDir) -> dict[str, Status]:
     assert state.summary is not None
     loaded = load_campaign(campaign.yaml_path)
     assert loaded.journal is not None
-    from bulkmail.journal.postgres import PostgresJournal
-
     with PostgresJournal(loaded.journal, loaded.name, sender=False) as journal:
         return {entry.email: entry.status for entry in journal.entries()}
 
@@ -165,8 +164,6 @@ def test_two_senders_retrying_failed_rows_retry_each_once(
     # to claim, and left it alone.
     loaded = load_campaign(shared.yaml_path)
     assert loaded.journal is not None
-    from bulkmail.journal.postgres import PostgresJournal
-
     with PostgresJournal(loaded.journal, loaded.name, sender=False) as journal:
         entries = list(journal.entries(Status.FAILED))
     assert sorted(e.email for e in entries) == sorted(refused)

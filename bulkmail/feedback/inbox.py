@@ -43,7 +43,7 @@ from bulkmail.opening import Opened
 from bulkmail.reports import Handled, InboxReport
 
 if TYPE_CHECKING:
-    from bulkmail.journal import postgres
+    from bulkmail.journal.postgres import PostgresJournal
 
 OnHandled = Callable[[Handled], None]
 # What each kind writes in the journal row of the mail it answers.
@@ -170,14 +170,12 @@ class _Journals:
                 self._open[name] = journal
         return self._open[name]
 
-    def _journal(self, name: str) -> Journal | postgres.PostgresJournal:
+    def _journal(self, name: str) -> Journal | PostgresJournal:
         shared = self.campaign.journal
         if shared is not None and name == self.campaign.name:
-            from bulkmail.journal import postgres  # psycopg only where it is used
+            from bulkmail.journal.postgres import PostgresJournal as Shared  # psycopg here only
 
-            return postgres.PostgresJournal(
-                shared, name, sender=False, where=self.campaign.location("journal")
-            )
+            return Shared(shared, name, sender=False, where=self.campaign.location("journal"))
         return Journal(self.folder / f"{name}.sqlite", lock=False, campaign=name)
 
     def all(self) -> Iterator[tuple[str, RunJournal]]:

@@ -42,6 +42,7 @@ from bulkmail.errors import JournalError, Location, display_path
 from bulkmail.journal.sqlite import _database_files, _owner_only, _sync_folder, _user
 from bulkmail.models import SuppressionReason, address_key
 from bulkmail.opening import Opened
+from bulkmail.owner_only import place_once
 
 SCHEMA_VERSION = 1
 KIND = "suppressions"  # meta 'kind': what tells a store from a journal or another database
@@ -171,7 +172,7 @@ class SuppressionStore(Opened):
             folder.mkdir(mode=0o700, parents=True)
             folder.chmod(0o700)  # the umask may have taken the owner's own bits
         except FileExistsError:
-            pass
+            return  # an existing folder is used as it is
         except OSError as exc:
             raise _os_error(self.path, exc, "cannot create the store's folder") from None
 
@@ -201,7 +202,7 @@ class SuppressionStore(Opened):
                 db.execute("COMMIT")
             finally:
                 db.close()  # checkpoints the WAL into the file and removes it
-            _place(new, self.path)
+            place_once(new, self.path)
         finally:
             for leftover in _database_files(new):
                 leftover.unlink(missing_ok=True)
@@ -508,19 +509,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA fullfsync=ON")
     return db
-
-
-def _place(new: Path, path: Path) -> None:
-    """Give the finished ``new`` its name ``path``, unless another process did first."""
-    try:
-        os.link(new, path)
-    except FileExistsError:
-        pass  # a rival finished first: use its store
-    except OSError:
-        # A filesystem without hard links: a rename, which could replace a rival's store
-        # made in the same instant, so only while there is none.
-        if not path.exists():
-            os.replace(new, path)
 
 
 def _remove_leftovers(path: Path) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from bulkmail.errors import ConfigError, JournalError, Location
 from bulkmail.journal.sqlite import _owner_only, _sync_folder
 from bulkmail.models import address_key
+from bulkmail.owner_only import place_once
 
 SECRET_FILE = "verp.key"  # in the campaign folder's .bulkmail, beside the journals
 SECRET_BYTES = 32
@@ -72,9 +73,13 @@ def load_secret(path: Path) -> bytes:
     try:
         return _read_secret(path)
     except FileNotFoundError:
-        pass
+        return _new_secret(path)
     except OSError as exc:
         raise _secret_error(path, f"cannot read the VERP key: {exc.strerror or exc}") from None
+
+
+def _new_secret(path: Path) -> bytes:
+    """Make the key (unless another process does first) and read the one that won."""
     try:
         _make_secret(path)
         return _read_secret(path)
@@ -112,15 +117,7 @@ def _make_secret(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        try:
-            os.link(new, path)
-        except FileExistsError:
-            pass  # another process made it first: both use that one
-        except OSError:
-            # A filesystem without hard links: a rename, which could replace a rival's key
-            # made in the same instant, so only while there is none.
-            if not path.exists():
-                os.replace(new, path)
+        place_once(new, path)
     finally:
         new.unlink(missing_ok=True)
     _sync_folder(folder)
