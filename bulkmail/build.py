@@ -20,7 +20,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bulkmail.compose.workers import Built, MailFactory, build_in_order, default_workers
+from bulkmail.compose.workers import (
+    Built,
+    Content,
+    MailFactory,
+    build_in_order,
+    default_workers,
+)
 from bulkmail.deliverability import Linter
 from bulkmail.errors import CampaignError, ConfigError, Location, PreflightError, RecipientError
 from bulkmail.feedback import verp
@@ -175,7 +181,8 @@ class Builder:
         *,
         limit: int | None = None,
         select: Select | None = None,
-        content: bool = True,
+        content: Content = True,
+        html: bool = True,
         on_event: OnEvent | None = None,
         workers: int | None = None,
         max_problems: int = MAX_PROBLEMS,
@@ -186,9 +193,12 @@ class Builder:
         ``select``: only the recipients it accepts are built (the others count toward
         ``limit`` all the same). ``content=False``: the mails come without ``data`` and
         ``html`` (``size`` stays), in worker processes not even shipped back: for
-        counting. ``on_event`` hears each row skipped and each mail built. ``workers``:
-        processes to build in (None: as many as pay off, 0: none). ``max_problems``: how
-        many different problems to keep (each says on how many rows it was found).
+        counting; a callable is asked as the mails are handed to the workers (a batch at
+        a time), for a pass that wants the bytes of only some. ``html=False``: without
+        ``html`` (only previews show it: a send needs the bytes). ``on_event`` hears each
+        row skipped and each mail built. ``workers``: processes to build in (None: as
+        many as pay off, 0: none). ``max_problems``: how many different problems to keep
+        (each says on how many rows it was found).
         ``lint``: run the deliverability checks (bulkmail/deliverability.py) on the way.
         """
         total = _count_rows(self.campaign.recipients)
@@ -200,7 +210,7 @@ class Builder:
         if lint:
             result.lint = Linter(self.factory)
         rows = self._rows(result, limit, total, select, on_event)
-        built = build_in_order(self.factory, rows, workers=workers, content=content)
+        built = build_in_order(self.factory, rows, workers=workers, content=content, html=html)
         return Build(_counted(built, result, total, on_event, self.return_paths), result)
 
     def check(

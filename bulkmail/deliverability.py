@@ -670,7 +670,7 @@ class Linter:
 
     def _content(self, recipient: Recipient, mail: OutgoingMail) -> None:
         self.read.add(mail.index)
-        if not mail.data:  # built without its content: build it again here
+        if not mail.data or not mail.html:  # built without its content: build it again
             built = self.factory.build(mail.index, recipient)
             if isinstance(built, CampaignError):
                 return  # (the pass reports it)

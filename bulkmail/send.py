@@ -8,8 +8,10 @@ The order of work for `send_campaign`:
    ``resend_uncertain``) are skipped; a campaign whose content changed since its first run
    is refused unless ``allow_changes``;
 3. ``confirm`` (the CLI's prompt) sees the plan and may cancel;
-4. each mail is rendered again, marked ``sending``, handed to the server at the configured
-   rate, and its outcome recorded. A stop request is honoured between two mails.
+4. each mail is marked ``sending``, handed to the server at the configured rate, and its
+   outcome recorded. A stop request is honoured between two mails. The mails of the first
+   part of the list come from the preflight's spool (`bulkmail.spool`: built once); the
+   rest are built again as they are sent.
 
 Step 4 is `_send_each`: `deliver.outcome.send_one` says what became of a mail, and the
 `record.Recorder` turns that into the journal, the report and the events.
@@ -23,12 +25,12 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bulkmail.build import Builder, ProblemLog
+from bulkmail.build import Build, Builder
 from bulkmail.deliver.outcome import send_one
 from bulkmail.deliver.ratelimit import RateLimiter, limiter_for
 from bulkmail.deliver.relays import relay_event_text, relay_passwords, relay_pool
@@ -49,7 +51,7 @@ from bulkmail.errors import (
 from bulkmail.journal.records import Entry, RunJournal
 from bulkmail.journal.sqlite import Journal, journal_path
 from bulkmail.load.campaign import as_campaign
-from bulkmail.load.recipients import check_address
+from bulkmail.load.recipients import check_address, list_digest
 from bulkmail.models import (
     Campaign,
     Event,
@@ -63,6 +65,7 @@ from bulkmail.models import (
 from bulkmail.pipeline import reported
 from bulkmail.record import Recorder, RunEvents
 from bulkmail.reports import CheckReport, SendPlan, SendReport
+from bulkmail.spool import MAX_AGE, Spool, spool_bytes
 
 MAX_LISTED = 20
 
@@ -133,8 +136,10 @@ def _preflight(
     retry_failed: bool,
     resend_uncertain: bool,
     on_event: OnEvent | None,
+    spool: Spool | None = None,
 ) -> SendPlan:
-    """Build every mail, note the list in the journal and count what this run will send."""
+    """Build every mail, note the list in the journal and count what this run will send;
+    keep the mails to send in ``spool`` while it has room."""
     campaign = builder.campaign
     plan = SendPlan(campaign, CheckReport(campaign), 0, 0, 0, 0)
 
@@ -147,12 +152,17 @@ def _preflight(
             on_event(event)
 
     journal.begin_batch()
-    # content=False: the preflight needs each mail built, not its bytes shipped back
-    mails = builder.mails(limit=limit, on_event=note, content=False, lint=True)
+    # The bytes are shipped back from the workers only while the spool has room.
+    content = (lambda: spool.room) if spool is not None else False
+    mails = builder.mails(limit=limit, on_event=note, content=content, html=False, lint=True)
     for mail in mails:
         if mails.result.ok:  # once anything is wrong, only keep checking
             entry = journal.plan(mail.recipient)  # as the row now stands
-            _count(plan, entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain)
+            sends = _count(
+                plan, entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain
+            )
+            if sends and spool is not None:
+                spool.add(mail, entry)
     try:
         mails.result.problems.raise_if_any()
     except BulkmailError:
@@ -173,9 +183,11 @@ def checked(
     resend_uncertain: bool,
     allow_changes: bool,
     on_event: OnEvent | None,
+    spool: Spool | None = None,
 ) -> SendPlan:
-    """The preflight (every mail built, the list noted in the journal), then the check
-    that the content is what earlier recipients got: the plan of the run."""
+    """The preflight (every mail built, the list noted in the journal, the first ones
+    kept in ``spool``), then the check that the content is what earlier recipients got:
+    the plan of the run."""
     plan = _preflight(
         builder,
         journal,
@@ -183,6 +195,7 @@ def checked(
         retry_failed=retry_failed,
         resend_uncertain=resend_uncertain,
         on_event=on_event,
+        spool=spool,
     )
     _check_unchanged(journal, fingerprint, builder.campaign, allow_changes)
     return plan
@@ -190,16 +203,18 @@ def checked(
 
 def _count(
     plan: SendPlan, entry: Entry | None, *, retry_failed: bool, resend_uncertain: bool
-) -> None:
-    """Count a recipient in the plan: to send in this run, or why not."""
+) -> bool:
+    """Count a recipient in the plan: to send in this run (True), or why not."""
     if _should_send(entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain):
         plan.to_send += 1
-    elif entry is not None and entry.status is Status.ACCEPTED:
+        return True
+    if entry is not None and entry.status is Status.ACCEPTED:
         plan.already_accepted += 1
     elif entry is not None and entry.status is Status.FAILED:
         plan.earlier_failed += 1
     elif entry is not None and entry.status is Status.SENDING:
         plan.uncertain += 1
+    return False
 
 
 def send_campaign(
@@ -263,8 +278,9 @@ def send_campaign(
             on_event=on_event,
         )
     path = journal_path(campaign.journal_dir, campaign.name)
-    with Journal(path) as journal:
+    with Journal(path) as journal, _spool(campaign) as spool:
         fingerprint = content_fingerprint(builder)
+        listed = list_digest(campaign.recipients)  # the list as the preflight reads it
         plan = checked(
             builder,
             journal,
@@ -274,6 +290,7 @@ def send_campaign(
             resend_uncertain=resend_uncertain,
             allow_changes=allow_changes,
             on_event=on_event,
+            spool=spool,
         )
         report = SendReport(plan, path)
         if plan.to_send == 0:
@@ -281,14 +298,25 @@ def send_campaign(
         if confirm is not None and not confirm(plan):
             raise CampaignError("cancelled")
         live = make_transport(report, stop)
-        # Rows already dealt with are not even rendered: a resume after 9,000 of 10,000
-        # builds 1,000 mails. Rows new since the preflight (no entry) are let through, for
-        # _deliver to count them.
-        wanted = _Wanted(journal, retry_failed=retry_failed, resend_uncertain=resend_uncertain)
-        mails = builder.mails(limit=limit, select=wanted, max_problems=MAX_LISTED)
+        # The spool's mails first; then the rest, built as they are sent. Rows already
+        # dealt with are not even rendered: a resume after 9,000 of 10,000 builds 1,000
+        # mails. Rows new since the preflight (no entry) are let through, for _deliver to
+        # count them.
+        wanted = _Wanted(
+            journal,
+            retry_failed=retry_failed,
+            resend_uncertain=resend_uncertain,
+            taken=spool.taken,
+        )
+        mails = _SpooledThenBuilt(
+            spool,
+            wanted,
+            lambda: builder.mails(limit=limit, select=wanted, max_problems=MAX_LISTED, html=False),
+            unchanged=lambda: listed is not None and list_digest(campaign.recipients) == listed,
+        )
         _deliver(
             mails,
-            mails.result.problems,
+            mails.problems,
             journal,
             live,
             report,
@@ -303,22 +331,94 @@ def send_campaign(
     return report
 
 
+def _spool(campaign: Campaign) -> Spool:
+    """The preflight's spool for this run: in the journal's folder, no more mails than
+    the run sends before they are ``MAX_AGE`` old, and ``BULKMAIL_SPOOL_MB`` megabytes
+    (default 64; 0: no spool, every mail is built again as it is sent)."""
+    per_second = _pace(campaign)
+    most = None if per_second is None else max(1, int(per_second * MAX_AGE))
+    return Spool(campaign.journal_dir, max_bytes=spool_bytes(), max_mails=most)
+
+
+def _pace(campaign: Campaign) -> float | None:
+    """Mails a second the run sends at most (None: as fast as the server takes them)."""
+    relays = campaign.all_relays
+    if len(relays) <= 1:
+        return campaign.rate.per_second
+    rates = [(relay.rate or campaign.rate).per_second for relay in relays]
+    return None if None in rates else sum(rate or 0.0 for rate in rates)
+
+
+class _SpooledThenBuilt:
+    """The mails of a send, in list order: the spool's, while they are fresh; then the
+    rest, built as they are sent (``build`` starts that pass once the spool is done).
+
+    When the spool held every mail the preflight found to send and the list is byte for
+    byte the one the preflight read (``unchanged``), there is no rest: the pass is not
+    made. Otherwise it reads the whole list again, so rows added since the preflight are
+    counted (`_Wanted`), not passed over in silence.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        wanted: _Wanted,
+        build: Callable[[], Build],
+        *,
+        unchanged: Callable[[], bool],
+    ) -> None:
+        self._spool = spool
+        self._wanted = wanted
+        self._build = build
+        self._unchanged = unchanged
+        self._rest: Build | None = None
+
+    def __iter__(self) -> Iterator[OutgoingMail]:
+        for mail, entry in self._spool.fresh():
+            self._wanted.keep(mail.recipient.key, entry)
+            yield mail
+        self._spool.close()  # its disk space is not needed any more
+        if self._spool.complete and self._unchanged():
+            return
+        self._rest = self._build()
+        yield from self._rest
+
+    def problems(self) -> list[CampaignError]:
+        """The rows of the rest that could not be built (changed since the preflight)."""
+        return [] if self._rest is None else self._rest.result.problems.errors()
+
+
 class _Wanted:
-    """Which rows to build for sending: the ones this run may send, and rows the journal
-    does not know (new since the preflight), which `_deliver` counts in ``report.added``.
+    """Which rows to build for sending: the ones this run may send, but not those the
+    spool already handed out (``taken``), and rows the journal does not know (new since
+    the preflight), which `_deliver` counts in ``report.added``.
 
     Each row's entry, read to decide, is kept until its mail comes to be sent
     (`entry_of`): one run holds the journal, so it has not changed meanwhile, and the
     journal is read once per mail, not twice.
     """
 
-    def __init__(self, journal: RunJournal, *, retry_failed: bool, resend_uncertain: bool) -> None:
+    def __init__(
+        self,
+        journal: RunJournal,
+        *,
+        retry_failed: bool,
+        resend_uncertain: bool,
+        taken: set[str] | None = None,
+    ) -> None:
         self._journal = journal
         self._retry_failed = retry_failed
         self._resend_uncertain = resend_uncertain
+        self._taken = taken if taken is not None else set()
         self._entries: dict[str, Entry | None] = {}  # rows on their way to be sent
 
+    def keep(self, key: str, entry: Entry | None) -> None:
+        """Note a row's entry, read elsewhere (the preflight), for `entry_of`."""
+        self._entries[key] = entry
+
     def __call__(self, recipient: Recipient) -> bool:
+        if recipient.key in self._taken:
+            return False  # sent from the spool in this run (or tried: its outcome stands)
         entry = self._journal.status_of(recipient.key)
         if entry is None or _should_send(
             entry, retry_failed=self._retry_failed, resend_uncertain=self._resend_uncertain
@@ -336,7 +436,7 @@ class _Wanted:
 
 def _deliver(
     mails: Iterable[OutgoingMail],
-    unbuilt: ProblemLog,
+    unbuilt: Callable[[], list[CampaignError]],
     journal: RunJournal,
     transport: Transport,
     report: SendReport,
@@ -349,8 +449,8 @@ def _deliver(
     on_event: OnEvent | None,
     entry_of: Callable[[str], Entry | None] | None = None,
 ) -> None:
-    """Send ``mails`` (built as the loop consumes them; the problems of the ones that
-    could not be built are collected in ``unbuilt`` meanwhile) and record each outcome.
+    """Send ``mails`` (built as the loop consumes them; ``unbuilt`` says, at the end,
+    which rows could not be built) and record each outcome.
 
     Never raises a DeliveryError: one that stops the batch ends up in ``report.stopped``.
     """
@@ -376,7 +476,7 @@ def _deliver(
         recorder.interrupted()
         raise
     finally:
-        recorder.finish(unbuilt.errors())
+        recorder.finish(unbuilt())
 
 
 def _send_each(

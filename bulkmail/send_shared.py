@@ -21,7 +21,6 @@ against one `journal: postgresql://...` divides the list between them:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -35,6 +34,7 @@ from bulkmail.deliver.transport import Transport
 from bulkmail.errors import CampaignError, DeliveryError
 from bulkmail.journal.postgres import PostgresJournal
 from bulkmail.journal.records import Entry
+from bulkmail.load.recipients import list_digest
 from bulkmail.models import Campaign, OnEvent, Recipient, Status
 from bulkmail.record import Recorder
 from bulkmail.reports import CheckReport, SendPlan, SendReport
@@ -94,14 +94,10 @@ def _wanted_statuses(*, retry_failed: bool, resend_uncertain: bool) -> list[Stat
 def campaign_version(builder: Builder, fingerprint: dict[str, str], limit: int | None) -> str:
     """What the preflight checked: the content, the list and the suppressions, byte for
     byte. A sender that finds this version noted in the journal need not check again."""
-    digest = hashlib.sha256()
-    with builder.campaign.recipients.open("rb") as file:
-        for block in iter(functools.partial(file.read, 1 << 20), b""):
-            digest.update(block)
     suppressed = hashlib.sha256("\n".join(sorted(builder.suppressed)).encode()).hexdigest()
     version = {
         **fingerprint,
-        "list": digest.hexdigest()[:16],
+        "list": str(list_digest(builder.campaign.recipients)),
         "suppressed": suppressed[:16],
         "limit": str(limit),
     }

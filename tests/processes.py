@@ -20,19 +20,24 @@ def bulkmail(*args: str) -> list[str]:
     return [sys.executable, "-m", "bulkmail", *args]
 
 
-def environment() -> dict[str, str]:
-    """The child's environment: ours without BULKMAIL_*, plus the SMTP password."""
+def environment(**extra: str) -> dict[str, str]:
+    """The child's environment: ours without BULKMAIL_*, plus the SMTP password and
+    ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
     env[PASSWORD_ENV] = PASSWORD
+    env.update(extra)
     return env
 
 
-def start(campaign: CampaignDir, *args: str) -> subprocess.Popen[str]:
-    """Start `bulkmail ARGS` in the campaign's folder, reading nothing (no terminal)."""
+def start(
+    campaign: CampaignDir, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start `bulkmail ARGS` in the campaign's folder, reading nothing (no terminal), with
+    ``env`` added to its environment."""
     return subprocess.Popen(
         bulkmail(*args),
         cwd=campaign.root,
-        env=environment(),
+        env=environment(**(env or {})),
         stdin=subprocess.DEVNULL,  # no terminal: --yes is needed, as in cron
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

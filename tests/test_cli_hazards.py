@@ -512,13 +512,14 @@ def test_terminal_closed_mid_send_leaves_nobody_uncertain(
     long_run: CampaignDir, smtpd: Server
 ) -> None:
     # An SSH session drops or the window is closed: every process of the job (the
-    # workers building mails too) gets SIGHUP, and writes to the terminal fail.
+    # workers building mails too) gets SIGHUP, and writes to the terminal fail. (No
+    # spool, so that the workers are still building while the mails go.)
     main_fd, tty_fd = pty.openpty()
     long_run.csv(people(320))
     process = subprocess.Popen(
         [*ON_ITS_OWN_TERMINAL, sys.executable, "-m", "bulkmail", *RUN],
         cwd=long_run.root,
-        env=environment(),
+        env={**environment(), "BULKMAIL_SPOOL_MB": "0"},
         stdin=tty_fd,
         stdout=tty_fd,
         stderr=tty_fd,

@@ -272,6 +272,11 @@ def long_list(campaign: CampaignDir) -> CampaignDir:
     return campaign
 
 
+# No spool: the mails are built by the workers while they are sent, so the workers are
+# alive when the signal comes.
+NO_SPOOL = {"BULKMAIL_SPOOL_MB": "0"}
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_sigterm_to_the_whole_process_group_stops_cleanly_with_workers(
     long_list: CampaignDir, smtpd: Server, monkeypatch: pytest.MonkeyPatch
@@ -281,7 +286,7 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly_with_workers(
     process = subprocess.Popen(
         bulkmail(*RUN),
         cwd=long_list.root,
-        env=environment(),
+        env=environment(**NO_SPOOL),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -308,7 +313,7 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly_with_workers(
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_sigkill_leaves_no_worker_processes_behind(long_list: CampaignDir, smtpd: Server) -> None:
-    process = start(long_list, *RUN)
+    process = start(long_list, *RUN, env=NO_SPOOL)
     wait_until(lambda: len(smtpd.inbox.messages) >= 10, process)
     workers = alive = worker_pids(process)
     assert workers
@@ -513,9 +518,11 @@ def test_run_stopped_by_a_lost_server_leaves_nobody_uncertain(
 
 
 def test_failed_build_during_the_send_is_not_passed_over_silently(
-    small: CampaignDir, smtpd: Server
+    small: CampaignDir, smtpd: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # An attachment of one row vanishes between the preflight and its turn.
+    # An attachment of one row vanishes between the preflight and its turn, and the
+    # mail is built again as it is sent (no spool: as for the rows past a full one).
+    monkeypatch.setenv("BULKMAIL_SPOOL_MB", "0")
     for i in range(20):
         small.file(f"files/r{i}.txt", f"for reader {i}")
     small.write(attachments=[{"path": "files/r{{ first_name[1:] }}.txt"}])

@@ -16,10 +16,10 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
-from itertools import islice
+from itertools import chain, islice
 
 from bulkmail.compose.attachments import Attachments
 from bulkmail.compose.message import POLICY, MessageBuilder
@@ -32,6 +32,9 @@ BATCH = 16
 PARALLEL_FROM = 300
 
 Built = OutgoingMail | CampaignError
+# Whether the mails' bytes are wanted: always, never, or asked as each batch is handed out
+# (a send's preflight wants them only while its spool has room).
+Content = bool | Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,19 @@ class MailFactory:
         builder = MessageBuilder.load(campaign, attachments, renderer.template_files)
         return cls(campaign, renderer, builder)
 
-    def build(self, index: int, recipient: Recipient, *, content: bool = True) -> Built:
+    def build(
+        self, index: int, recipient: Recipient, *, content: bool = True, html: bool = True
+    ) -> Built:
         """The recipient's mail, or the problem that stops it. ``content=False``: without
-        its ``data`` and ``html`` (``size`` stays), for a run that only counts."""
+        its ``data`` and ``html`` (``size`` stays), for a run that only counts;
+        ``html=False``: without its ``html`` (only previews show it)."""
         try:
             mail = self.builder.build(index, recipient, self.renderer.render(recipient))
         except CampaignError as exc:
             return exc
-        return mail if content else replace(mail, data=b"", html="")
+        if not content:
+            return replace(mail, data=b"", html="")
+        return mail if html else replace(mail, html="")
 
 
 _factory: MailFactory | None = None
@@ -83,10 +91,12 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _build_batch(batch: list[tuple[int, Recipient]], content: bool) -> list[Built]:
+def _build_batch(batch: list[tuple[int, Recipient]], content: bool, html: bool) -> list[Built]:
     # content=False: a check only counts, so the bytes are not shipped back through the pipe.
     assert _factory is not None
-    return [_factory.build(index, recipient, content=content) for index, recipient in batch]
+    return [
+        _factory.build(index, recipient, content=content, html=html) for index, recipient in batch
+    ]
 
 
 def _pool(workers: int, factory: MailFactory) -> ProcessPoolExecutor:
@@ -114,18 +124,26 @@ def build_in_order(
     items: Iterable[tuple[int, Recipient]],
     *,
     workers: int,
-    content: bool = True,
+    content: Content = True,
+    html: bool = True,
 ) -> Iterator[tuple[Recipient, Built]]:
     """Each ``(index, recipient)`` with its built mail (or its problem), in input order.
 
     ``workers=0`` builds in this process with ``factory``. ``content=False`` leaves the
-    mails' ``data`` and ``html`` empty (their ``size`` stays): enough for a check.
+    mails' ``data`` and ``html`` empty (their ``size`` stays): enough for a check; a
+    callable is asked for each batch. ``html=False`` leaves ``html`` empty. The worker
+    processes start with the first item: a pass that selects nothing starts none.
     """
+    wanted = content if callable(content) else lambda: content
     if workers <= 0:
         for index, recipient in items:
-            yield recipient, factory.build(index, recipient, content=content)
+            yield recipient, factory.build(index, recipient, content=wanted(), html=html)
         return
-    iterator = iter(items)
+    rest = iter(items)
+    first = next(rest, None)
+    if first is None:
+        return
+    iterator = chain([first], rest)
     # Forked workers share the main process's memory until they write to it; the cyclic
     # GC walking every object would make them copy it all. Frozen objects are left alone.
     gc.freeze()
@@ -137,7 +155,8 @@ def build_in_order(
                     batch = list(islice(iterator, BATCH))
                     if not batch:
                         break
-                    pending.append((batch, pool.submit(_build_batch, batch, content)))
+                    future = pool.submit(_build_batch, batch, wanted(), html)
+                    pending.append((batch, future))
                 if not pending:
                     return
                 batch, future = pending.popleft()

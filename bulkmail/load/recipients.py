@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import itertools
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -316,3 +317,12 @@ def iter_recipients(
                 yield Skipped(recipient, "suppressed", detail)
             else:
                 yield recipient
+
+
+def list_digest(path: Path) -> str | None:
+    """A digest of the list's bytes (None if it can't be read): whether it changed."""
+    try:
+        with path.open("rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()[:16]
+    except OSError:
+        return None
