@@ -937,6 +937,11 @@ def parse_args() -> argparse.Namespace:
         "--only", help="comma-separated measurements to run: 1 (with 2),3,4,5,6 (all)"
     )
     parser.add_argument("--profile", action="store_true", help="also cProfile one bulkmail run")
+    parser.add_argument(
+        "--pipelining",
+        action="store_true",
+        help="the sink offers PIPELINING, as Postfix does (bulkmail uses it; smtplib cannot)",
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "out", help="bench/out")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     return parser.parse_args()
@@ -972,7 +977,8 @@ def main() -> int:
         ca_file = folder / "test-ca.pem"
         ca.cert_pem.write_to_path(str(ca_file))
         log("starting the SMTP sink (aiosmtpd, implicit TLS, AUTH) in its own process")
-        sink = Sink(folder, ca)
+        sink = Sink(folder, ca, *(["--pipelining"] if args.pipelining else []))
+        info["sink_pipelining"] = args.pipelining
         stack.callback(sink.close)
         log(f"sink on 127.0.0.1:{sink.port}; sizes: {asdict(sizes)}")
         bench = Bench(sizes, folder, sink, ca_file)

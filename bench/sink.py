@@ -34,8 +34,13 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 class Counter:
     """aiosmtpd handler: require the one account, count messages, keep nothing."""
 
-    def __init__(self, user: str, password: str, per_connection: float = 0) -> None:
+    def __init__(
+        self, user: str, password: str, per_connection: float = 0, pipelining: bool = False
+    ) -> None:
         self.user = user.encode()
+        # Say PIPELINING in the EHLO reply, as Postfix and the big providers do (aiosmtpd
+        # reads pipelined commands in order, but does not advertise the extension).
+        self.pipelining = pipelining
         self.password = password.encode()
         # Like a relay that throttles each connection: at most this many mails a second
         # on one connection (0: no limit); other connections are not held up.
@@ -77,6 +82,14 @@ class Counter:
             else:
                 self.failed_logins += 1
         return AuthResult(success=ok, handled=False)
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
@@ -125,13 +138,14 @@ def main() -> None:
     parser.add_argument(
         "--per-connection", type=float, default=0, help="at most this many mails/s a connection"
     )
+    parser.add_argument("--pipelining", action="store_true", help="advertise PIPELINING")
     args = parser.parse_args()
     # aiosmtpd's own AUTH code logs a deprecation warning on every login.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
-    handler = Counter(args.user, args.password, args.per_connection)
+    handler = Counter(args.user, args.password, args.per_connection, args.pipelining)
     controller = Controller(
         handler,
         hostname="127.0.0.1",

@@ -191,6 +191,10 @@ class Inbox:
         self.messages: list[Received] = []
         self.faults = Faults()
         self.require_auth = False  # answer MAIL with 530 until the client logged in
+        # Advertise PIPELINING (RFC 2920; aiosmtpd reads pipelined commands in order but
+        # does not say so), and note what the client had already sent when MAIL came.
+        self.pipelining = False
+        self.sent_ahead: list[bytes] = []
         self._by_server: dict[SMTPServer, Connection] = {}
         self._lock = threading.Lock()
 
@@ -234,6 +238,8 @@ class Inbox:
         over_tls = _transport(server).get_extra_info("ssl_object") is not None
         session.host_name = hostname
         self._connection(server).ehlo.append((hostname, over_tls))
+        if self.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_MAIL(
@@ -244,6 +250,9 @@ class Inbox:
         address: str,
         mail_options: list[str],
     ) -> str:
+        # The bytes the client sent after MAIL FROM without waiting for its reply (the
+        # server's read buffer: aiosmtpd offers no other way to see it).
+        self.sent_ahead.append(bytes(server._reader._buffer))  # type: ignore[attr-defined]
         if self.require_auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
         if self.faults.close_421 > 0:
@@ -353,17 +362,33 @@ ServerFactory = Callable[..., Server]
 
 
 @pytest.fixture
-def make_server(tls: TLSPair) -> Iterator[ServerFactory]:
+def pipelining() -> bool:
+    """Whether the test servers advertise PIPELINING: no, but a module marked
+    ``both_ways`` runs each of its tests both ways (see pytest_generate_tests)."""
+    return False
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_ways") and (
+        "pipelining" in metafunc.fixturenames
+    ):
+        metafunc.parametrize("pipelining", [False, True], ids=["stepwise", "pipelining"])
+
+
+@pytest.fixture
+def make_server(tls: TLSPair, pipelining: bool) -> Iterator[ServerFactory]:
     """Start aiosmtpd servers on 127.0.0.1; each is stopped at the end of the test.
 
     ``security``: "ssl" (implicit TLS), "starttls" (STARTTLS required before anything
     else) or "none"; ``auth``: offer AUTH and require it before MAIL (over plaintext when
-    security is "none"); ``smtputf8``: advertise SMTPUTF8.
+    security is "none"); ``smtputf8``: advertise SMTPUTF8. PIPELINING is advertised
+    when the ``pipelining`` fixture says so.
     """
     controllers: list[Controller] = []
 
     def start(security: Security, *, auth: bool = True, smtputf8: bool = True) -> Server:
         inbox = Inbox()
+        inbox.pipelining = pipelining
         options: dict[str, Any] = {}
         if security == "ssl":
             options["ssl_context"] = tls.server

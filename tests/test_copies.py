@@ -18,6 +18,9 @@ from bulkmail.models import Event, Status
 from bulkmail.pipeline import check_campaign
 from bulkmail.send import send_campaign, send_test
 
+# Every test against a server without PIPELINING, then against one offering it.
+pytestmark = pytest.mark.both_ways
+
 runner = CliRunner()
 ARCHIVE = "archive@example.com"
 BOSS = "boss@example.org"

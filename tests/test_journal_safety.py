@@ -28,6 +28,9 @@ from bulkmail.journal.sqlite import SCHEMA_VERSION, Journal, journal_path
 from bulkmail.models import OutgoingMail, Recipient, Status, address_key
 from bulkmail.send import send_campaign
 
+# Every test against a server without PIPELINING, then against one offering it.
+pytestmark = pytest.mark.both_ways
+
 runner = CliRunner()
 RUN = ["run", "campaigns/test.yaml", "--yes"]
 STATUS = ["status", "campaigns/test.yaml"]

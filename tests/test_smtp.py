@@ -32,6 +32,9 @@ from bulkmail.errors import (
 )
 from bulkmail.models import OutgoingMail, SmtpSettings
 
+# Every test against a server without PIPELINING, then against one offering it.
+pytestmark = pytest.mark.both_ways
+
 
 class Events:
     """Collects on_event calls."""

@@ -34,6 +34,9 @@ from bulkmail.load.campaign import load_campaign
 from bulkmail.models import Event, SmtpSettings, Status
 from bulkmail.send import send_campaign
 
+# Every test against a server without PIPELINING, then against one offering it.
+pytestmark = pytest.mark.both_ways
+
 # -- a raw socket server ------------------------------------------------------------------
 
 Talk = Callable[[socket.socket, threading.Event], None]

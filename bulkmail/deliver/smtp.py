@@ -575,6 +575,8 @@ class SMTPTransport(Opened):
         """MAIL FROM, RCPT TO the row's recipient then each copy, ``before_data``, DATA. A
         refused copy is noted in ``refused`` and the mail still goes to the others."""
         refused.clear()
+        if smtp.has_extn("pipelining"):
+            return self._pipelined(smtp, mail, options, payload, refused, before_data)
         reply = self._command("MAIL FROM", lambda: smtp.mail(mail.sender, options))
         if not reply.accepted:
             return reply
@@ -591,6 +593,74 @@ class SMTPTransport(Opened):
         reply = self._command("DATA", lambda: smtp.docmd("DATA"))
         if reply.code != 354:
             return reply
+        return self._content(smtp, mail, payload)
+
+    def _pipelined(
+        self,
+        smtp: smtplib.SMTP,
+        mail: OutgoingMail,
+        options: list[str],
+        payload: bytes,
+        refused: list[str],
+        before_data: Callable[[], None] | None,
+    ) -> _Reply:
+        """The same transaction with PIPELINING (RFC 2920), which the server offered: MAIL
+        FROM, RCPT TO and DATA go in one write and their replies are read in order: two
+        round trips a mail instead of four (over a WAN, half the time). ``before_data``
+        runs once DATA is answered, before any of the content is sent; if it fails, the
+        connection is dropped, which ends the transaction with nothing handed over.
+
+        A mail with Cc/Bcc copies sends DATA only once the row's own recipient is
+        accepted (three round trips): were the row refused, a DATA sent ahead would be
+        taken for the copies alone.
+        """
+        utf8 = "SMTPUTF8" in options
+        extra = "".join(f" {option}" for option in options)
+        rcpts = (mail.recipient.email, *mail.copies)
+        lines = [f"MAIL FROM:{smtplib.quoteaddr(mail.sender)}{extra}"]
+        lines += [f"RCPT TO:{smtplib.quoteaddr(rcpt)}" for rcpt in rcpts]
+        ahead = not mail.copies  # DATA in the same write
+        if ahead:
+            lines.append("DATA")
+        try:
+            smtp.send("".join(f"{line}\r\n" for line in lines).encode("utf-8" if utf8 else "ascii"))
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise _Dropped(self._lost(exc, "MAIL FROM")) from exc
+        sender = self._reply("MAIL FROM", smtp)
+        rcpt = self._reply("RCPT TO", smtp)
+        for copy in mail.copies:
+            answer = self._reply("RCPT TO", smtp)
+            if not answer.accepted:
+                refused.append(f"{copy}: copy refused by {self.where} at RCPT TO: {answer}")
+        failed = next((reply for reply in (sender, rcpt) if not reply.accepted), None)
+        if ahead:
+            data = self._reply("DATA", smtp)
+            if failed is not None and data.code == 354:
+                # DATA taken with no recipient accepted, against RFC 2920: only hanging
+                # up ends it with nothing delivered.
+                self._discard_connection()
+        if failed is not None:
+            return failed
+        if not ahead:
+            data = self._command("DATA", lambda: smtp.docmd("DATA"))
+        if data.code != 354:
+            return data
+        if before_data is not None:
+            try:
+                before_data()  # e.g. the journal's mark reaching the disk: only then may it go
+            except BaseException:
+                self._discard_connection()  # in the middle of DATA: only hanging up ends it
+                raise
+        return self._content(smtp, mail, payload)
+
+    def _reply(self, command: str, smtp: smtplib.SMTP) -> _Reply:
+        """The next reply, to ``command`` sent ahead; a 421 ends the connection."""
+        reply = self._command(command, smtp.getreply)
+        self._check(reply)
+        return reply
+
+    def _content(self, smtp: smtplib.SMTP, mail: OutgoingMail, payload: bytes) -> _Reply:
+        """The mail itself, once DATA was answered 354, and the server's final reply."""
         # smtplib's data() sends and reads the reply in one call; they are separate here
         # because a drop while sending means "not delivered" but a drop while waiting for
         # the reply means "maybe delivered".
