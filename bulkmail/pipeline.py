@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from bulkmail.build import Builder, BuildResult
-from bulkmail.deliver.preview import PreviewTransport
 from bulkmail.load.campaign import as_campaign
 from bulkmail.models import Campaign, OnEvent
 from bulkmail.reports import CheckReport, PreviewReport
@@ -98,6 +97,8 @@ def preview_campaign(
     campaign = as_campaign(campaign)
     builder = Builder.load(campaign)
     report = PreviewReport(campaign, out=(out or campaign.preview_out).resolve())
+    from bulkmail.deliver.preview import PreviewTransport  # for previews only
+
     with PreviewTransport(
         report.out, name=campaign.name, return_path=campaign.return_path is not None
     ) as transport:

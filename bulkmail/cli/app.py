@@ -6,7 +6,6 @@ import contextlib
 import datetime
 import errno
 import getpass
-import importlib.metadata
 import json
 import shlex
 import sys
@@ -40,7 +39,6 @@ from bulkmail import (
     list_suppressions,
     load_campaign,
     preview_campaign,
-    read_inbox,
     remove_suppressions,
     send_campaign,
     send_test,
@@ -112,6 +110,8 @@ def _refuse_if_strict(report: CheckReport, strict: bool) -> None:
 
 
 def _version() -> str:
+    import importlib.metadata  # ~20 ms: for --version only
+
     try:
         return importlib.metadata.version("bulkmail")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
@@ -748,6 +748,8 @@ def inbox(
 
     Example: bulkmail inbox campaigns/june.yaml --dry-run
     """
+    from bulkmail import read_inbox  # IMAP, POP3 and the bounce parsers: for this command only
+
     with user_errors():
         report = read_inbox(
             load_campaign(campaign), dry_run=dry_run, delete=delete, prompt=_password_prompt()

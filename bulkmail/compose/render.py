@@ -14,7 +14,6 @@ import jinja2.meta
 import jinja2.sandbox
 from markupsafe import Markup
 
-from bulkmail.compose import markdown as md
 from bulkmail.compose.attachments import check_filename, locate
 from bulkmail.compose.inline import Inliner, PremailerInliner
 from bulkmail.compose.skeleton import MARKERS, SkeletonInliner, Slotted, finalize
@@ -105,6 +104,8 @@ class Templates:
             html = _compiled_file(html_env, campaign.template, folders, files)
         markdown = layout = None
         if campaign.markdown is not None:
+            from bulkmail.compose import markdown as md  # markdown-it: for Markdown campaigns
+
             markdown = _compiled_file(md.environment(folders), campaign.markdown, folders, files)
             layout_file = campaign.layout or md.default_layout()
             layout_env = _environment([layout_file.parent], html=True)
@@ -301,6 +302,8 @@ class Renderer:
         """A Markdown body: Jinja first (values escaped as Markdown), then CommonMark into
         the layout's ``{{ content }}``, CSS inlined; the text part is the Markdown's own
         text (with the unsubscribe URL the default layout shows under it)."""
+        from bulkmail.compose import markdown as md  # loaded once; a lookup after that
+
         source = self._render(body, context, row)
         content = Markup(md.to_html(source))  # markdown-it's HTML, raw HTML off
         around = {**context, "content": content, "subject": subject}  # the layout's variables
