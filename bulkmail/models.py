@@ -352,7 +352,7 @@ class OutgoingMail:
     sender: str  # envelope MAIL FROM
     message_id: str
     subject: str
-    html: str
+    html: str  # empty in a send (only previews and the checks read it)
     data: bytes
     attachments: tuple[Attachment, ...]
     smtputf8: bool  # the envelope or headers need the SMTPUTF8 extension
