@@ -566,3 +566,46 @@ def test_subject_that_renders_empty_is_an_error(tmp_path: Path, prefix: str) -> 
 
     assert "test.yaml:3: subject: renders empty; every mail needs a subject (for " in problem
     assert problem.endswith("list.csv:3)")
+
+
+# --- 11. values premailer or lxml cannot put in the HTML ------------------------------------
+
+
+def test_a_control_character_in_a_joined_link_names_the_row_and_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With base_url premailer rewrites each link, and lxml refuses a control character
+    # in an attribute: this was a traceback.
+    c = CampaignDir(tmp_path)
+    c.template("links.html", '<p>Hi {{ name }}</p><a href="/p/{{ code }}">your page</a>')
+    c.csv(
+        [
+            {**CSV_ROWS[0], "code": "ok"},
+            {**CSV_ROWS[1], "code": "a\x01b"},
+        ]
+    )
+    c.write(template="../templates/links.html", base_url="https://news.example.com/")
+
+    (problem,) = problems_of(c)
+    lines = cli_check(c, monkeypatch)
+
+    assert "the value of 'code' holds a control character ('\\x01')" in problem
+    assert problem.endswith("list.csv:3: code)")
+    assert any("list.csv:3: code" in line for line in lines)
+
+
+def test_a_link_premailer_cannot_parse_names_the_row(tmp_path: Path) -> None:
+    c = CampaignDir(tmp_path)
+    c.template("links.html", '<p>Hi</p><a href="{{ link }}">your page</a>')
+    c.csv(
+        [
+            {**CSV_ROWS[0], "link": "https://news.example.com/a"},
+            {**CSV_ROWS[1], "link": "http://[::1"},
+        ]
+    )
+    c.write(template="../templates/links.html", base_url="https://news.example.com/")
+
+    (problem,) = problems_of(c)
+
+    assert "this row's HTML could not be inlined: ValueError: Invalid IPv6 URL" in problem
+    assert problem.endswith("list.csv:3)")

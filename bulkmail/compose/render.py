@@ -24,6 +24,8 @@ from bulkmail.models import AttachmentSpec, Campaign, Recipient, RenderedMail
 _LINE_BREAK = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 # What a URL in List-Unsubscribe may hold: printable ASCII, no spaces, no angle brackets.
 _UNSAFE_IN_HEADER = re.compile(r"[^\x21-\x7e]|[<>]")
+# What XML (and so lxml, in an attribute it sets) refuses: C0 controls but tab, LF, CR.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def _template_line(tb: TracebackType | None, files: Set[str]) -> tuple[str, int] | None:
@@ -247,7 +249,10 @@ class Renderer:
             raise TemplateError(
                 "renders empty; every mail needs a subject", where=t.subject.where, row=row
             )
-        html, text = self._html_and_text(context, row, subject)
+        try:
+            html, text = self._html_and_text(context, row, subject)
+        except ValueError as exc:  # premailer or lxml refusing what a value of this row made
+            raise self._not_inlined(exc, recipient, row) from None
         if t.text is not None:
             text = self._render(t.text, context, row)
         return RenderedMail(
@@ -331,6 +336,29 @@ class Renderer:
                 where=compiled.where,
             )
         return value
+
+    def _not_inlined(self, exc: ValueError, recipient: Recipient, row: Location) -> TemplateError:
+        """Why this row's HTML could not be inlined, naming the value to blame where one
+        holds a control character (lxml refuses them in an attribute premailer rewrites,
+        such as a link joined to ``base_url``); else what premailer said (a link it could
+        not parse, such as ``http://[::1``)."""
+        compiled = self.templates.html or self.templates.markdown
+        where = compiled.where if compiled is not None else self.campaign.location("template")
+        blamed = "control characters" in str(exc)  # lxml's words for it
+        for name, value in recipient.fields.items() if blamed else ():
+            found = _CONTROL.search(value)
+            if found:
+                return TemplateError(
+                    f"the value of {name!r} holds a control character "
+                    f"({found.group()!r}), which the HTML cannot carry; remove it from the list",
+                    where=where,
+                    row=Location(row.path, row.line, name),
+                )
+        return TemplateError(
+            f"this row's HTML could not be inlined: {type(exc).__name__}: {exc}",
+            where=where,
+            row=row,
+        )
 
     def _error(self, exc: Exception, row: Location, compiled: Compiled) -> TemplateError:
         """The error as the user needs it: the template line it happened on, else where
