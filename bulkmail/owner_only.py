@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from pathlib import Path
 from typing import TextIO
@@ -38,3 +39,35 @@ def place_once(new: Path, path: Path) -> None:
     except OSError:
         if not path.exists():
             os.replace(new, path)
+
+
+def tighten(path: Path) -> None:
+    """Take group and other access away from a file or folder of ours: they hold the list."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+        path.chmod(stat.S_IMODE(info.st_mode) & 0o700)
+
+
+def database_files(path: Path) -> list[Path]:
+    """An SQLite database in WAL mode: the file, its WAL and its shared-memory index."""
+    return [path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))]
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def user_name(uid: int) -> str:
+    """The name of the user ``uid`` (for saying whose a file is), else the number."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -39,10 +39,9 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TextIO, TypeVar, cast
 
 from bulkmail.errors import JournalError, Location, display_path
-from bulkmail.journal.sqlite import _database_files, _owner_only, _sync_folder, _user
 from bulkmail.models import SuppressionReason, address_key
 from bulkmail.opening import Opened
-from bulkmail.owner_only import place_once
+from bulkmail.owner_only import database_files, place_once, sync_folder, tighten, user_name
 
 SCHEMA_VERSION = 1
 KIND = "suppressions"  # meta 'kind': what tells a store from a journal or another database
@@ -150,8 +149,8 @@ class SuppressionStore(Opened):
                 self._create()
             self._connect()
             self._check()
-            for path in [self.path.parent, *_database_files(self.path)]:
-                _owner_only(path)
+            for path in [self.path.parent, *database_files(self.path)]:
+                tighten(path)
         except BaseException as exc:
             self._discard()
             if isinstance(exc, sqlite3.Error):
@@ -204,9 +203,9 @@ class SuppressionStore(Opened):
                 db.close()  # checkpoints the WAL into the file and removes it
             place_once(new, self.path)
         finally:
-            for leftover in _database_files(new):
+            for leftover in database_files(new):
                 leftover.unlink(missing_ok=True)
-        _sync_folder(self.path.parent)
+        sync_folder(self.path.parent)
 
     def _connect(self) -> None:
         if self.path.stat().st_size == 0:
@@ -543,7 +542,7 @@ def _foreign(meta: dict[Any, Any]) -> str:
 
 def _permission_denied(path: Path) -> StoreError:
     """Say which of the store's folder and files this user cannot use, and whose it is."""
-    for place in [path.parent, *_database_files(path)]:
+    for place in [path.parent, *database_files(path)]:
         try:
             info = place.stat()
         except OSError:
@@ -554,7 +553,7 @@ def _permission_denied(path: Path) -> StoreError:
         if info.st_uid != os.geteuid():
             return StoreError(
                 f"permission denied: {display_path(place)} belongs to user "
-                f"{_user(info.st_uid)}; run bulkmail as that user",
+                f"{user_name(info.st_uid)}; run bulkmail as that user",
                 where=Location(path),
             )
         return StoreError(

@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bulkmail.errors import ConfigError, JournalError, Location
-from bulkmail.journal.sqlite import _owner_only, _sync_folder
 from bulkmail.models import address_key
-from bulkmail.owner_only import place_once
+from bulkmail.owner_only import place_once, sync_folder, tighten
 
 SECRET_FILE = "verp.key"  # in the campaign folder's .bulkmail, beside the journals
 SECRET_BYTES = 32
@@ -98,7 +97,7 @@ def _read_secret(path: Path) -> bytes:
             "or not a bulkmail key; restore it from a backup, or delete it (bounces of mails "
             "already sent will then not be recognised)",
         )
-    _owner_only(path)
+    tighten(path)
     return data
 
 
@@ -107,7 +106,7 @@ def _make_secret(path: Path) -> None:
     with contextlib.suppress(FileExistsError):
         folder.mkdir(mode=0o700, parents=True)
         folder.chmod(0o700)  # the umask may have taken the owner's own bits
-    _owner_only(folder)
+    tighten(folder)
     new = path.with_name(f"{path.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
     fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -120,7 +119,7 @@ def _make_secret(path: Path) -> None:
         place_once(new, path)
     finally:
         new.unlink(missing_ok=True)
-    _sync_folder(folder)
+    sync_folder(folder)
 
 
 def _secret_error(path: Path, message: str) -> JournalError:

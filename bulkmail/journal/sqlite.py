@@ -27,7 +27,6 @@ import contextlib
 import functools
 import json
 import os
-import pwd
 import sqlite3
 import stat
 import time
@@ -41,6 +40,7 @@ from bulkmail.errors import JournalError, Location, display_path
 from bulkmail.journal.records import FEEDBACK, Entry, Summary, entry_from_row
 from bulkmail.models import Recipient, Status, address_key
 from bulkmail.opening import Opened
+from bulkmail.owner_only import database_files, sync_folder, tighten, user_name
 
 # 2: keys compare whole addresses case-insensitively; meta names the campaign.
 # 3: each row's envelope sender, and what came back (bounced, complained, unsubscribed).
@@ -163,7 +163,7 @@ class Journal(Opened):
 
     def _files(self) -> list[Path]:
         """The journal, its WAL and shared-memory files, and the lock."""
-        return [*_database_files(self.path), self._lock_path]
+        return [*database_files(self.path), self._lock_path]
 
     # --- opening -------------------------------------------------------------------------
 
@@ -175,7 +175,7 @@ class Journal(Opened):
             self._connect()
             self._check_and_migrate()
             for path in self._files():
-                _owner_only(path)
+                tighten(path)
         except BaseException as exc:
             self._discard()
             if isinstance(exc, sqlite3.Error):
@@ -190,7 +190,7 @@ class Journal(Opened):
             folder.mkdir(mode=0o700, parents=True)
             folder.chmod(0o700)  # the umask may have taken the owner's own bits
         except FileExistsError:
-            _owner_only(folder)
+            tighten(folder)
         except OSError as exc:
             raise _os_error(self.path, exc, "cannot create the journal's folder") from None
 
@@ -231,7 +231,7 @@ class Journal(Opened):
         an empty or foreign file is never mistaken for a new journal.
         """
         new = self.path.with_name(self.path.name + ".new")
-        for leftover in _database_files(new):  # of a creation cut short
+        for leftover in database_files(new):  # of a creation cut short
             leftover.unlink(missing_ok=True)
         fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -249,7 +249,7 @@ class Journal(Opened):
         finally:
             db.close()  # checkpoints the WAL into the file and removes it
         os.replace(new, self.path)
-        _sync_folder(self.path.parent)
+        sync_folder(self.path.parent)
 
     def _check_and_migrate(self) -> None:
         db = self._conn
@@ -632,44 +632,13 @@ def _commit(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
-def _database_files(path: Path) -> list[Path]:
-    """An SQLite database in WAL mode: the file, its WAL and its shared-memory index."""
-    return [path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))]
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _owner_only(path: Path) -> None:
-    """Take group and other access away from a file or folder of ours: they hold the list."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        return
-    if info.st_uid == os.geteuid() and info.st_mode & 0o077:
-        path.chmod(stat.S_IMODE(info.st_mode) & 0o700)
-
-
 def _rank(values: list[Any]) -> tuple[int, float]:
     return _PRECEDENCE[Status(values[4])], float(values[10])
 
 
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 def _permission_denied(path: Path) -> JournalError:
     """Say which of the journal's folder and files this user cannot use, and whose it is."""
-    for place in [path.parent, *_database_files(path), path.with_suffix(".lock")]:
+    for place in [path.parent, *database_files(path), path.with_suffix(".lock")]:
         try:
             info = place.stat()
         except OSError:
@@ -680,7 +649,7 @@ def _permission_denied(path: Path) -> JournalError:
         if info.st_uid != os.geteuid():
             return JournalError(
                 f"permission denied: {display_path(place)} belongs to user "
-                f"{_user(info.st_uid)}; run bulkmail as that user",
+                f"{user_name(info.st_uid)}; run bulkmail as that user",
                 where=Location(path),
             )
         return JournalError(
