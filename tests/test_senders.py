@@ -7,10 +7,12 @@ aiosmtpd servers of conftest, and for the kills `bulkmail run` in child processe
 from __future__ import annotations
 
 import collections
+import csv
 import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ from postgres import PASSWORD as PG_PASSWORD
 from postgres import PASSWORD_ENV as PG_PASSWORD_ENV
 from postgres import Postgres
 
-from bulkmail import Event, campaign_status, load_campaign, send_campaign
+from bulkmail import Event, campaign_status, load_campaign, send_campaign, write_failed_csv
 from bulkmail.errors import ConfigError, JournalError
 from bulkmail.journal.postgres import PostgresJournal
 from bulkmail.models import Status
@@ -93,6 +95,15 @@ def test_a_shared_journal_keeps_every_promise_of_the_file(
     assert {s.state for s in state.senders} == {"completed"}
     assert sum(s.accepted for s in state.senders) == 39
     assert all(PG_PASSWORD not in json.dumps(state.to_dict()) for _ in [0])
+    # --failed-csv from the shared journal: the row as it was in the list, and the reply.
+    out = shared.root / "failed.csv"
+    assert write_failed_csv(state, out) == 1
+    with out.open(newline="", encoding="utf-8") as file:
+        (row,) = list(csv.DictReader(file))
+    assert row["email"] == "reader3@example.com"
+    assert row["first_name"] == "R3"
+    assert row["bulkmail_reply"] == "5.1.1 No such user here"  # as the file journal writes it
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
 def test_a_later_sender_of_the_same_version_does_not_check_again(shared: CampaignDir) -> None:
