@@ -7,8 +7,6 @@ from __future__ import annotations
 import functools
 import os
 import stat
-import threading
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from bulkmail.compose.workers import MailFactory
 from bulkmail.errors import ConfigError
 from bulkmail.journal.records import Entry
 from bulkmail.load.recipients import iter_recipients
-from bulkmail.models import Event, OutgoingMail, Status
+from bulkmail.models import OutgoingMail, Status
 from bulkmail.reports import SendPlan
 from bulkmail.send import send_campaign
 from bulkmail.spool import MAX_AGE, Spool, spool_bytes
@@ -166,25 +164,6 @@ def test_a_spooled_mail_refused_is_not_retried_again_in_the_same_run(
 
     assert again.failed == 1
     assert tried == ["reader1@example.com"]  # one try, from the spool
-
-
-def test_a_stop_while_sending_from_the_spool_leaves_the_rest_for_the_next_run(
-    campaign: CampaignDir, smtpd: Server
-) -> None:
-    stop = threading.Event()
-
-    def stop_after_ten(event: Event) -> None:
-        if event.kind == "sent" and event.done == 10:
-            stop.set()
-
-    first = send_campaign(campaign.yaml_path, stop=stop, on_event=stop_after_ten)
-    assert first.interrupted
-    assert first.accepted == 10
-
-    again = send_campaign(campaign.yaml_path)
-
-    assert again.accepted == 30
-    assert Counter(smtpd.inbox.recipients) == Counter(expected(40))
 
 
 @pytest.mark.parametrize("spool_mb", ["64", "0.02", "0"], ids=["whole", "part", "none"])
