@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 from builders import CampaignDir
 
+from bulkmail.compose import workers as workers_module
+from bulkmail.compose.workers import WARM_UP, Built, MailFactory, build_in_order
 from bulkmail.errors import PreflightError
+from bulkmail.load.campaign import load_campaign
+from bulkmail.load.recipients import iter_recipients
+from bulkmail.models import Recipient
 from bulkmail.pipeline import check_campaign, preview_campaign
 
 VARYING = re.compile(rb"^(Date|Message-ID): .*\r\n|=_bulkmail_[0-9a-f]+", re.MULTILINE)
@@ -63,3 +69,54 @@ def test_parallel_check_reports_problems_in_list_order(tmp_path: Path) -> None:
     assert len(messages[0]) == 3
     # rows 3, 6, ... are "guest": row 12 has a bad name, so 31 more besides the first
     assert messages[0][0].endswith("campaigns/list.csv:3 and 31 more rows)")
+
+
+def test_the_first_mails_are_built_before_the_workers_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # So that the workers are forked with the templates' skeletons made and checked.
+    c = CampaignDir(tmp_path)
+    c.csv(people(40))
+    c.write()
+    factory = MailFactory.load(load_campaign(c.yaml_path))
+    rows = [(i + 1, first_recipient(c, i)) for i in range(40)]
+    here: list[int] = []  # the mails built in this process (a worker counts its own)
+    build = MailFactory.build
+
+    def counted(self: MailFactory, index: int, recipient: Recipient, **options: bool) -> Built:
+        if os.getpid() == main:
+            here.append(index)
+        return build(self, index, recipient, **options)
+
+    main = os.getpid()
+    monkeypatch.setattr(MailFactory, "build", counted)
+    mails = list(build_in_order(factory, rows, workers=2))
+
+    assert here == list(range(1, WARM_UP + 1))
+    assert [r.email for r, _ in mails] == [r.email for _, r in rows]
+    assert factory.renderer.skeletons is not None
+    assert factory.renderer.skeletons.stats.checked == WARM_UP  # done here, not per worker
+
+
+def test_a_pass_that_builds_nothing_starts_no_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = CampaignDir(tmp_path)
+    c.csv(people(5))
+    c.write()
+    factory = MailFactory.load(load_campaign(c.yaml_path))
+
+    def no_pool(*args: object) -> None:
+        raise AssertionError("a process pool was started")
+
+    monkeypatch.setattr(workers_module, "_pool", no_pool)
+    rows = [(i + 1, first_recipient(c, i)) for i in range(WARM_UP)]
+    assert len(list(build_in_order(factory, rows, workers=2))) == WARM_UP
+    assert list(build_in_order(factory, [], workers=2)) == []
+
+
+def first_recipient(c: CampaignDir, n: int) -> Recipient:
+    """The ``n``-th recipient of the campaign's list (from 0)."""
+    rows = iter_recipients(load_campaign(c.yaml_path).recipients)
+    found = [row for row in rows if isinstance(row, Recipient)]
+    return found[n]

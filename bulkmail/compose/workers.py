@@ -28,6 +28,8 @@ from bulkmail.errors import CampaignError
 from bulkmail.models import Campaign, OutgoingMail, Recipient
 
 BATCH = 16
+# Mails built in the main process before the workers start (see build_in_order).
+WARM_UP = 2
 # Below this many recipients, starting processes costs more than it saves.
 PARALLEL_FROM = 300
 
@@ -131,19 +133,24 @@ def build_in_order(
 
     ``workers=0`` builds in this process with ``factory``. ``content=False`` leaves the
     mails' ``data`` and ``html`` empty (their ``size`` stays): enough for a check; a
-    callable is asked for each batch. ``html=False`` leaves ``html`` empty. The worker
-    processes start with the first item: a pass that selects nothing starts none.
+    callable is asked for each batch. ``html=False`` leaves ``html`` empty. The first
+    ``WARM_UP`` mails are built in this process, the others by ``workers`` processes.
     """
     wanted = content if callable(content) else lambda: content
     if workers <= 0:
         for index, recipient in items:
             yield recipient, factory.build(index, recipient, content=wanted(), html=html)
         return
-    rest = iter(items)
-    first = next(rest, None)
+    iterator = iter(items)
+    # The first mails are built here, before the workers are forked: they start with the
+    # templates' skeletons made and checked against premailer (~80 ms of work each would
+    # otherwise repeat), and a pass that selects nothing starts no process at all.
+    for index, recipient in islice(iterator, WARM_UP):
+        yield recipient, factory.build(index, recipient, content=wanted(), html=html)
+    first = next(iterator, None)
     if first is None:
         return
-    iterator = chain([first], rest)
+    iterator = chain([first], iterator)
     # Forked workers share the main process's memory until they write to it; the cyclic
     # GC walking every object would make them copy it all. Frozen objects are left alone.
     gc.freeze()
