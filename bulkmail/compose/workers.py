@@ -27,7 +27,10 @@ from bulkmail.compose.render import Renderer
 from bulkmail.errors import CampaignError
 from bulkmail.models import Campaign, OutgoingMail, Recipient
 
-BATCH = 16
+# Mails a worker builds per task: a task costs ~0.3 ms of pickling and queueing, so the
+# more the better, but the bytes of ``2 * workers`` batches are in memory at once.
+BATCH = 16  # with their bytes (a mail may carry megabytes of attachments)
+COUNTING_BATCH = 64  # without them (a check): 5-7 % faster than 16 for 20,000 rows
 # Mails built in the main process before the workers start (see build_in_order).
 WARM_UP = 2
 # Below this many recipients, starting processes costs more than it saves.
@@ -159,10 +162,12 @@ def build_in_order(
         try:
             while True:
                 while len(pending) < 2 * workers:
-                    batch = list(islice(iterator, BATCH))
+                    content_wanted = wanted()
+                    size = BATCH if content_wanted else COUNTING_BATCH
+                    batch = list(islice(iterator, size))
                     if not batch:
                         break
-                    future = pool.submit(_build_batch, batch, wanted(), html)
+                    future = pool.submit(_build_batch, batch, content_wanted, html)
                     pending.append((batch, future))
                 if not pending:
                     return
