@@ -68,6 +68,9 @@ from bulkmail.reports import CheckReport, SendPlan, SendReport
 from bulkmail.spool import MAX_AGE, Spool, spool_bytes
 
 MAX_LISTED = 20
+# Rows the preflight notes in the journal at once: one round trip to a PostgreSQL journal
+# for them all. Their mails wait meanwhile (at most this many: memory stays flat).
+PLAN_BATCH = 64
 
 
 def _digest(data: bytes | str) -> str:
@@ -155,14 +158,25 @@ def _preflight(
     # The bytes are shipped back from the workers only while the spool has room.
     content = (lambda: spool.room) if spool is not None else False
     mails = builder.mails(limit=limit, on_event=note, content=content, html=False, lint=True)
-    for mail in mails:
-        if mails.result.ok:  # once anything is wrong, only keep checking
-            entry = journal.plan(mail.recipient)  # as the row now stands
+    waiting: list[OutgoingMail] = []  # planned in the journal PLAN_BATCH at a time
+
+    def plan_waiting() -> None:
+        entries = journal.plan_many([mail.recipient for mail in waiting])  # as they now stand
+        for mail, entry in zip(waiting, entries, strict=True):
             sends = _count(
                 plan, entry, retry_failed=retry_failed, resend_uncertain=resend_uncertain
             )
             if sends and spool is not None:
                 spool.add(mail, entry)
+        waiting.clear()
+
+    for mail in mails:
+        if mails.result.ok:  # once anything is wrong, only keep checking
+            waiting.append(mail)
+            if len(waiting) >= PLAN_BATCH:
+                plan_waiting()
+    if mails.result.ok:
+        plan_waiting()
     try:
         mails.result.problems.raise_if_any()
     except BulkmailError:

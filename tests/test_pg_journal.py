@@ -150,6 +150,32 @@ def test_plan_keeps_what_was_sent_and_moves_between_pending_and_skipped(
     assert journal.entry_at_line(9) == after[ann.email]
 
 
+def test_plan_many_notes_rows_in_one_go_as_plan_does_one_by_one(
+    open_journal: OpenJournal,
+) -> None:
+    journal = open_journal()
+    ann, bob, cat = planned(journal, 3)
+    journal.claim(0, 10, PENDING)
+    journal.sending(ann, "<1@x>")
+    journal.outcome(ann, Status.ACCEPTED, 250, "OK")
+    journal.plan(bob, Status.SKIPPED, "suppressed")
+    journal.flush()
+    dan = Recipient(9, "dan@example.com", "Dan", {"email": "dan@example.com"})
+
+    entries = journal.plan_many([ann, bob, cat, dan])  # as the preflight of a rerun does
+    journal.flush()
+
+    assert [e.email for e in entries] == [ann.email, bob.email, cat.email, dan.email]
+    assert [e.status for e in entries] == [
+        Status.ACCEPTED,  # mailed already: kept
+        Status.PENDING,  # no longer suppressed
+        Status.PENDING,
+        Status.PENDING,  # new
+    ]
+    assert entries == [journal.status_of(r.key) for r in (ann, bob, cat, dan)]
+    assert journal.plan_many([]) == []
+
+
 def test_unmark_undoes_a_mark_and_rollback_forgets_what_was_not_committed(
     open_journal: OpenJournal,
 ) -> None:

@@ -8,7 +8,7 @@ share.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -117,6 +117,10 @@ class RunJournal(Protocol):
 
     def plan(self, recipient: Recipient, status: Status = Status.PENDING, reply: str = "") -> Entry:
         """Note a row of the list; return it as it now stands."""
+        ...
+
+    def plan_many(self, recipients: Sequence[Recipient]) -> list[Entry]:
+        """`plan` for each of ``recipients`` (pending), in one round trip."""
         ...
 
     def begin_batch(self) -> None: ...

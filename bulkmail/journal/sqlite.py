@@ -30,7 +30,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -434,6 +434,11 @@ class Journal(Opened):
             (recipient.key, recipient.email, recipient.line, fields, status.value, reply, now),
         ).fetchone()
         return entry_from_row(found)
+
+    def plan_many(self, recipients: Sequence[Recipient]) -> list[Entry]:
+        """`plan` for each of ``recipients`` (pending): the file is local, one at a time
+        costs nothing more."""
+        return [self.plan(recipient) for recipient in recipients]
 
     @_translated
     def begin_batch(self) -> None:
