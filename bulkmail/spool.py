@@ -99,9 +99,15 @@ class Spool:
         if self._bytes + len(record) > self.max_bytes:
             self._full = self._left_out = True
             return False
-        if self._file is None:
-            self._file = _private_file(self._folder)
-        self._file.write(record)
+        try:
+            if self._file is None:
+                self._file = _private_file(self._folder)
+            self._file.write(record)
+        except OSError:  # a full disk: the mails not kept are built again as they are sent
+            self._full = self._left_out = True
+            self._count = 0  # what was written may be cut short: none of it is used
+            self.close()
+            return False
         self._bytes += len(record)
         self._count += 1
         if self.max_mails is not None and self._count >= self.max_mails:
@@ -115,10 +121,16 @@ class Spool:
         self._full = True  # nothing is added once reading has begun
         if self._file is None:
             return
-        self._file.flush()
-        self._file.seek(0)
+        try:
+            self._file.flush()
+            self._file.seek(0)
+        except OSError:
+            return  # a disk error: every mail is built again
         for _ in range(self._count):
-            built, mail, entry = pickle.load(self._file)
+            try:
+                built, mail, entry = pickle.load(self._file)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                return  # a disk error: this mail and the rest are built again
             if self._clock() - built > self.max_age:
                 return
             self.taken.add(mail.recipient.key)

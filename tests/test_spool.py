@@ -18,6 +18,7 @@ from processes import finish, start
 
 import bulkmail.build
 import bulkmail.send
+import bulkmail.spool
 from bulkmail.compose.workers import MailFactory
 from bulkmail.errors import ConfigError
 from bulkmail.journal.records import Entry
@@ -164,6 +165,60 @@ def test_a_spooled_mail_refused_is_not_retried_again_in_the_same_run(
 
     assert again.failed == 1
     assert tried == ["reader1@example.com"]  # one try, from the spool
+
+
+class FailingFile:
+    """A spool file whose disk fails: ``write`` after ``writes`` writes, or ``read``
+    after ``reads`` reads (ENOSPC, EIO)."""
+
+    def __init__(self, file: Any, *, writes: int = 10**9, reads: int = 10**9) -> None:
+        self._file = file
+        self._writes = writes
+        self._reads = reads
+
+    def write(self, data: bytes) -> int:
+        self._writes -= 1
+        if self._writes < 0:
+            raise OSError(28, "No space left on device")
+        return int(self._file.write(data))
+
+    def read(self, *args: Any) -> bytes:
+        self._reads -= 1
+        if self._reads < 0:
+            raise OSError(5, "Input/output error")
+        return bytes(self._file.read(*args))
+
+    def readline(self, *args: Any) -> bytes:
+        return bytes(self._file.readline(*args))
+
+    def readinto(self, buffer: Any) -> int:
+        return int(self._file.readinto(buffer))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+@pytest.mark.parametrize("failure", [{"writes": 5}, {"reads": 12}], ids=["disk full", "read error"])
+def test_a_failing_spool_disk_costs_a_second_build_not_a_mail(
+    campaign: CampaignDir,
+    smtpd: Server,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: dict[str, int],
+) -> None:
+    made = bulkmail.spool._private_file
+    monkeypatch.setattr(
+        bulkmail.spool, "_private_file", lambda folder: FailingFile(made(folder), **failure)
+    )
+    builds = Builds(monkeypatch)
+
+    report = send_campaign(campaign.yaml_path, confirm=builds.confirm)
+
+    assert report.accepted == 40
+    assert smtpd.inbox.recipients == expected(40)  # each once, in list order
+    # The mails the spool could not give back: all of them when writing failed, those
+    # from the failed read on when reading did.
+    expected_builds = range(40, 41) if "writes" in failure else range(1, 40)
+    assert builds.while_sending in expected_builds
 
 
 @pytest.mark.parametrize("spool_mb", ["64", "0.02", "0"], ids=["whole", "part", "none"])
