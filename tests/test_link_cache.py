@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from pathlib import Path
+from urllib.parse import urljoin
 
 import jinja2
 import pytest
@@ -19,9 +21,11 @@ from builders import CampaignDir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bulkmail.compose import links
 from bulkmail.compose.inline import PremailerInliner
+from bulkmail.compose.links import INERT, joined, premailer_link
 from bulkmail.compose.render import Renderer
-from bulkmail.compose.skeleton import SkeletonInliner, Slotted, finalize, premailer_link
+from bulkmail.compose.skeleton import SkeletonInliner, Slotted, finalize
 from bulkmail.compose.textpart import html_to_text
 from bulkmail.load.campaign import load_campaign
 from bulkmail.load.recipients import iter_recipients
@@ -206,3 +210,105 @@ def test_raw_values_where_autoescape_is_off_match_premailer() -> None:
     ]
     for base in [None, BASES[0]]:
         assert_as_premailer(template, rows, base)
+
+
+# --- the link template (bulkmail.compose.links) against urljoin itself --------------------
+
+PIECE = st.text(st.sampled_from("aZ09 ./?#&=:%;[]@\\-_~!$'()*+,élT\t"), max_size=10)
+# Mostly values the template takes (inert), with every character that could stop it.
+VALUE = st.one_of(
+    st.text(st.sampled_from(sorted(INERT)), min_size=1, max_size=8),
+    st.text(st.sampled_from("aB9.:/?#;[] %é\t"), max_size=6),
+    st.sampled_from([".", "..", "...", "x", "Bm0Q", "tel", "l", "d", "EXAMPLE"]),
+)
+JOIN_BASES = [*BASES, "http://EXAMPLE.com", "https://example.com/a/./b/../c;p?q#f"]
+
+
+SCHEMES = ["", "https://example.com", "http://a.example:80", "https:", "HTTP://x.y", "//x.y"]
+FIRST = st.builds(str.__add__, st.sampled_from(SCHEMES), PIECE)
+REST = st.lists(PIECE, min_size=1, max_size=3)
+FIXED = st.builds(lambda first, rest: [first, *rest], FIRST, REST)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    fixed=FIXED,
+    values=st.lists(VALUE, min_size=3, max_size=3),
+    attribute=st.sampled_from(["href", "src"]),
+    base=st.sampled_from(JOIN_BASES),
+)
+def test_a_links_template_joins_as_urljoin_does(
+    fixed: list[str], values: list[str], attribute: str, base: str
+) -> None:
+    parts, vals = fixed, values[: len(fixed) - 1]
+    url = "".join(itertools.chain.from_iterable(zip(parts, [*vals, ""], strict=True)))
+    try:
+        want = premailer_link(attribute, url, base)
+    except ValueError as exc:
+        with pytest.raises(ValueError, match=re.escape(str(exc))):
+            joined(attribute, parts, vals, base)
+        return
+    assert joined(attribute, parts, vals, base) == want
+
+
+@pytest.mark.parametrize(
+    ("parts", "values"),
+    [
+        (["/members/", "?city=", ""], ["gold", "Berlin"]),
+        (["https://example.com/account?id=", ""], ["anna.schmidt%40example.com"]),
+        (["img/", ".png"], ["u42"]),
+        (["te", ":1"], ["l"]),  # a tel: link once the value is in: not a template
+        (["/a/", "/../b"], ["x"]),  # the value's segment is dropped: not a template
+        (["h", "://example.com/"], ["ttps"]),  # the value in a scheme (lowered)
+        (["/p/", ""], ["..", "."]),  # dot segments: joined one by one
+        (["/p/", "/q"], ["a/b"]),  # a slash: joined one by one
+        # Whole links: left as they are only if urljoin would write them so.
+        *(
+            (["", ""], [url])
+            for url in (
+                "https://example.com?",
+                "https://example.com/p#",
+                "https://example.com/a;b",
+                "https://example.com/a;",
+                "https://example.com/./a",
+                "https://example.com/a/..",
+                "HTTPS://example.com/",
+                "https://[::1]/x",
+                "https://example.com:/x",
+                "http://example.com/p?q=1#f",
+                "https://example.com/p?q=1#f",
+                " https://x.y/",
+                "https://x.y/ a",
+                "https://x.y/é",
+                "https:x",
+                "https:///x",
+                "https://x.y//z",
+            )
+        ),
+    ],
+)
+def test_template_edge_cases_match_urljoin(parts: list[str], values: list[str]) -> None:
+    values = values[: len(parts) - 1]
+    url = "".join(itertools.chain.from_iterable(zip(parts, [*values, ""], strict=True)))
+    for base in JOIN_BASES:
+        for attribute in ("href", "src"):
+            assert joined(attribute, parts, values, base) == premailer_link(attribute, url, base)
+
+
+def test_per_recipient_links_are_joined_once_per_link(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def counting(base: str, url: str) -> str:
+        calls.append(url)
+        return urljoin(base, url)
+
+    monkeypatch.setattr(links, "urljoin", counting)
+    links._template.cache_clear()
+    base = "https://example.com/news/june/"
+    for n in range(200):
+        assert joined("href", ["/members/", "?city=", ""], [f"plan{n}", f"C{n}"], base) == (
+            f"https://example.com/members/plan{n}?city=C{n}"
+        )
+        whole = f"https://example.com/unsubscribe?t={n}&u=x%40y"
+        assert joined("href", ["", ""], [whole], base) == whole  # already as urljoin writes it
+    assert calls == ["/members/Bm0Q?city=Bm1Q"]

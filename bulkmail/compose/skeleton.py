@@ -26,7 +26,8 @@ With a base URL, premailer makes every ``href`` and ``src`` absolute (``urljoin`
 depends on the whole link, values and all. Such a link is cut out of premailer's output
 whole, and each recipient's is made as premailer makes it (`_Link`): the link as the
 parser reads it from the real document, joined to the base URL by premailer's own rules
-(`premailer_link`), written by lxml. So per-recipient links don't defeat the cache.
+(bulkmail.compose.links: joined once per link, the values put in after), written by lxml.
+So per-recipient links don't defeat the cache.
 
 Finally the first uses of every skeleton are checked against premailer on the real
 document; one difference and that skeleton is never used again.
@@ -46,10 +47,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-from urllib.parse import urljoin
 
 from lxml import etree
 from markupsafe import Markup
+
+from bulkmail.compose.links import joined
 
 # Wrap each personal value in the marked rendering. Private-use characters: a template or
 # value that contains them is not split (see Renderer), so they can never be confused.
@@ -457,17 +459,6 @@ class _Found:
     unsafe: set[int] = field(default_factory=set)  # the values kept in the skeleton
 
 
-def premailer_link(attribute: str, url: str, base_url: str) -> str:
-    """What premailer (3.10, ``preserve_internal_links=True``) makes of an ``href`` or
-    ``src`` with a base URL: ``#anchor`` and ``tel:`` links and ``cid:`` images stay,
-    anything else is joined to it."""
-    if attribute == "href" and (url.startswith("#") or url.startswith("tel:")):
-        return url
-    if attribute == "src" and url.startswith("cid:"):
-        return url
-    return urljoin(base_url, url)
-
-
 def _kept(attribute: str, value: str) -> bool:
     """Whether premailer leaves this link as it is, whatever its values: it starts (before
     any token, which starts with letters) as links premailer never joins start."""
@@ -480,10 +471,8 @@ def _kept(attribute: str, value: str) -> bool:
 def _made_link(link: _Link, values: tuple[str, ...], base_url: str) -> str:
     """The link with these values (escaped, one per slot) as premailer writes it: read as
     the parser reads it in the real document, joined to the base URL, written by lxml."""
-    out = [link.parts[0]]
-    for value, part in zip(values, link.parts[1:], strict=True):
-        out += (_attribute_value(value), part)
-    url = premailer_link(link.place.attribute or "", "".join(out), base_url)
+    read = [_attribute_value(value) for value in values]
+    url = joined(link.place.attribute or "", link.parts, read, base_url)
     return SkeletonInliner._serialise(link.place, html.escape(url))
 
 
