@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,6 +98,31 @@ def test_the_first_mails_are_built_before_the_workers_start(
     assert [r.email for r, _ in mails] == [r.email for _, r in rows]
     assert factory.renderer.skeletons is not None
     assert factory.renderer.skeletons.stats.checked == WARM_UP  # done here, not per worker
+
+
+def test_a_worker_whose_main_process_died_while_forking_exits(tmp_path: Path) -> None:
+    # The main process is killed after forking a worker but before the worker starts: the
+    # worker's parent is init from its first moment. It must still exit rather than wait
+    # for tasks forever, holding open the pipes the main process's caller reads to the end.
+    c = CampaignDir(tmp_path)
+    c.write()
+    script = f"""
+import os, time
+from bulkmail.compose import workers
+from bulkmail.load.campaign import load_campaign
+
+factory = workers.MailFactory.load(load_campaign({str(c.yaml_path)!r}))
+start = workers._start_worker
+workers._start_worker = lambda *args: (time.sleep(1), start(*args))
+workers._pool(1, factory).submit(os.getpid)  # forks the worker, which sleeps a second
+time.sleep(0.2)
+os._exit(0)  # gone before the worker has started
+"""
+    # The worker inherits stdout: run() returns once the worker exits too.
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_a_pass_that_builds_nothing_starts_no_process(

@@ -40,6 +40,9 @@ Built = OutgoingMail | CampaignError
 # Whether the mails' bytes are wanted: always, never, or asked as each batch is handed out
 # (a send's preflight wants them only while its spool has room).
 Content = bool | Callable[[], bool]
+# The mails that come back with their bytes and HTML whatever else is asked, by index: those
+# the deliverability checks read (else the main process would build them again).
+Whole = Callable[[int], bool]
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class MailFactory:
 _factory: MailFactory | None = None
 
 
-def _start_worker(factory: MailFactory | Campaign) -> None:
+def _start_worker(factory: MailFactory | Campaign, parent: int) -> None:
     """A worker's setup: a forked worker is handed the main process's factory, templates
     compiled and files read; elsewhere (no fork) it loads its own from the campaign."""
     global _factory
@@ -85,7 +88,10 @@ def _start_worker(factory: MailFactory | Campaign) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    # ``parent`` is the main process's pid as it made the pool, not os.getppid() now: if
+    # it was killed while forking, this worker's parent is already init, which would
+    # never change, and the worker would wait for tasks forever, holding its pipes open.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _factory = factory if isinstance(factory, MailFactory) else MailFactory.load(factory)
 
 
@@ -96,12 +102,25 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _build_batch(batch: list[tuple[int, Recipient]], content: bool, html: bool) -> list[Built]:
+def _build_batch(
+    batch: list[tuple[int, Recipient]], content: bool, html: bool, whole: Whole | None
+) -> list[Built]:
     # content=False: a check only counts, so the bytes are not shipped back through the pipe.
     assert _factory is not None
-    return [
-        _factory.build(index, recipient, content=content, html=html) for index, recipient in batch
-    ]
+    return [_build(_factory, index, recipient, content, html, whole) for index, recipient in batch]
+
+
+def _build(
+    factory: MailFactory,
+    index: int,
+    recipient: Recipient,
+    content: bool,
+    html: bool,
+    whole: Whole | None,
+) -> Built:
+    if whole is not None and whole(index):
+        content = html = True
+    return factory.build(index, recipient, content=content, html=html)
 
 
 def _pool(workers: int, factory: MailFactory) -> ProcessPoolExecutor:
@@ -111,9 +130,11 @@ def _pool(workers: int, factory: MailFactory) -> ProcessPoolExecutor:
     if "fork" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("fork")
         return ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_start_worker, initargs=(factory,)
+            workers, mp_context=context, initializer=_start_worker, initargs=(factory, os.getpid())
         )
-    return ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(factory.campaign,))
+    return ProcessPoolExecutor(
+        workers, initializer=_start_worker, initargs=(factory.campaign, os.getpid())
+    )
 
 
 def default_workers(rows: int | None) -> int:
@@ -131,25 +152,27 @@ def build_in_order(
     workers: int,
     content: Content = True,
     html: bool = True,
+    whole: Whole | None = None,
 ) -> Iterator[tuple[Recipient, Built]]:
     """Each ``(index, recipient)`` with its built mail (or its problem), in input order.
 
     ``workers=0`` builds in this process with ``factory``. ``content=False`` leaves the
     mails' ``data`` and ``html`` empty (their ``size`` stays): enough for a check; a
-    callable is asked for each batch. ``html=False`` leaves ``html`` empty. The first
+    callable is asked for each batch. ``html=False`` leaves ``html`` empty. The mails
+    whose index ``whole`` accepts (a module-level function) have both. The first
     ``WARM_UP`` mails are built in this process, the others by ``workers`` processes.
     """
     wanted = content if callable(content) else lambda: content
     if workers <= 0:
         for index, recipient in items:
-            yield recipient, factory.build(index, recipient, content=wanted(), html=html)
+            yield recipient, _build(factory, index, recipient, wanted(), html, whole)
         return
     iterator = iter(items)
     # The first mails are built here, before the workers are forked: they start with the
     # templates' skeletons made and checked against premailer (~80 ms of work each would
     # otherwise repeat), and a pass that selects nothing starts no process at all.
     for index, recipient in islice(iterator, WARM_UP):
-        yield recipient, factory.build(index, recipient, content=wanted(), html=html)
+        yield recipient, _build(factory, index, recipient, wanted(), html, whole)
     first = next(iterator, None)
     if first is None:
         return
@@ -167,7 +190,7 @@ def build_in_order(
                     batch = list(islice(iterator, size))
                     if not batch:
                         break
-                    future = pool.submit(_build_batch, batch, content_wanted, html)
+                    future = pool.submit(_build_batch, batch, content_wanted, html, whole)
                     pending.append((batch, future))
                 if not pending:
                     return
