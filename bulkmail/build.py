@@ -27,7 +27,7 @@ from bulkmail.compose.workers import (
     build_in_order,
     default_workers,
 )
-from bulkmail.deliverability import Linter
+from bulkmail.deliverability import Linter, sampled
 from bulkmail.errors import CampaignError, ConfigError, Location, PreflightError, RecipientError
 from bulkmail.feedback import verp
 from bulkmail.feedback.store import Suppression, SuppressionStore
@@ -210,7 +210,14 @@ class Builder:
         if lint:
             result.lint = Linter(self.factory)
         rows = self._rows(result, limit, total, select, on_event)
-        built = build_in_order(self.factory, rows, workers=workers, content=content, html=html)
+        built = build_in_order(
+            self.factory,
+            rows,
+            workers=workers,
+            content=content,
+            html=html,
+            whole=sampled if lint else None,  # the mails the checks read come whole
+        )
         return Build(_counted(built, result, total, on_event, self.return_paths), result)
 
     def check(

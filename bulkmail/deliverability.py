@@ -611,11 +611,18 @@ def _read(recipient: Recipient, mail: OutgoingMail) -> _Mail:
     return _Mail(recipient, mail.html, seen, text, unsubscribe)
 
 
+def sampled(index: int) -> bool:
+    """Whether the checks read the content of the mail at ``index`` (from 1): the first
+    `SAMPLE_FIRST`, then one at each power of two (26 of a million)."""
+    return index <= SAMPLE_FIRST or index & (index - 1) == 0
+
+
 class Linter:
     """Runs the checks over one pass of a campaign's mails, as they are built.
 
     ``note`` sees every mail (built with or without its content); the HTML rules read the
-    mails at the sampled indices, rebuilt in this process when the pass dropped the content.
+    mails at the `sampled` indices, which a pass that drops the content builds whole
+    (`build_in_order`'s ``whole``); others (the largest mail) are built again here.
     """
 
     def __init__(self, factory: MailFactory) -> None:
@@ -643,8 +650,7 @@ class Linter:
             size = len(mail.html.encode("utf-8"))
             if self.largest_html is None or size > self.largest_html[0]:
                 self.largest_html = (size, recipient)
-        index = mail.index
-        if index <= SAMPLE_FIRST or index & (index - 1) == 0:
+        if sampled(mail.index):
             self._content(recipient, mail)
 
     def findings(self) -> list[Finding]:

@@ -94,7 +94,8 @@ class Spool:
             self._full = self._left_out = True
             return False
         record = pickle.dumps(
-            (self._clock(), replace(mail, html=""), entry), protocol=pickle.HIGHEST_PROTOCOL
+            (self._clock(), replace(mail, html="") if mail.html else mail, entry),
+            protocol=pickle.HIGHEST_PROTOCOL,
         )
         if self._bytes + len(record) > self.max_bytes:
             self._full = self._left_out = True

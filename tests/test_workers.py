@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from builders import CampaignDir
 
+from bulkmail.build import Builder
 from bulkmail.compose import workers as workers_module
 from bulkmail.compose.workers import WARM_UP, Built, MailFactory, build_in_order
+from bulkmail.deliverability import sampled
 from bulkmail.errors import PreflightError
 from bulkmail.load.campaign import load_campaign
 from bulkmail.load.recipients import iter_recipients
@@ -98,6 +100,36 @@ def test_the_first_mails_are_built_before_the_workers_start(
     assert [r.email for r, _ in mails] == [r.email for _, r in rows]
     assert factory.renderer.skeletons is not None
     assert factory.renderer.skeletons.stats.checked == WARM_UP  # done here, not per worker
+
+
+def test_the_mails_the_checks_read_come_whole_from_the_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A check ships no bytes back, but the deliverability checks read the content of a
+    # sample of mails: those come whole, instead of being built a second time here.
+    c = CampaignDir(tmp_path)
+    c.csv(people(100))
+    c.write()
+    builder = Builder.load(load_campaign(c.yaml_path))
+    here: list[int] = []
+    build = MailFactory.build
+
+    def counted(self: MailFactory, index: int, recipient: Recipient, **options: bool) -> Built:
+        if os.getpid() == main:
+            here.append(index)
+        return build(self, index, recipient, **options)
+
+    main = os.getpid()
+    monkeypatch.setattr(MailFactory, "build", counted)
+    built = builder.mails(content=False, lint=True, workers=2)
+    whole = [mail.index for mail in built if mail.data]
+    findings = built.result.lint.findings() if built.result.lint else None
+
+    assert whole == [i for i in range(1, 101) if sampled(i)] == [*range(1, 11), 16, 32, 64]
+    assert findings is not None
+    # Besides the warm-up, only the largest mail, read at the end, is built here again.
+    assert here[:WARM_UP] == list(range(1, WARM_UP + 1))
+    assert len(here) <= WARM_UP + 1
 
 
 def test_a_worker_whose_main_process_died_while_forking_exits(tmp_path: Path) -> None:
