@@ -75,6 +75,21 @@ def test_parallel_check_reports_problems_in_list_order(tmp_path: Path) -> None:
     assert messages[0][0].endswith("campaigns/list.csv:3 and 31 more rows)")
 
 
+def built_here(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The indices of the mails built in this process from now on (a worker counts its own)."""
+    here: list[int] = []
+    build = MailFactory.build
+    main = os.getpid()
+
+    def counted(self: MailFactory, index: int, recipient: Recipient, **options: bool) -> Built:
+        if os.getpid() == main:
+            here.append(index)
+        return build(self, index, recipient, **options)
+
+    monkeypatch.setattr(MailFactory, "build", counted)
+    return here
+
+
 def test_the_first_mails_are_built_before_the_workers_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -84,16 +99,7 @@ def test_the_first_mails_are_built_before_the_workers_start(
     c.write()
     factory = MailFactory.load(load_campaign(c.yaml_path))
     rows = [(i + 1, first_recipient(c, i)) for i in range(40)]
-    here: list[int] = []  # the mails built in this process (a worker counts its own)
-    build = MailFactory.build
-
-    def counted(self: MailFactory, index: int, recipient: Recipient, **options: bool) -> Built:
-        if os.getpid() == main:
-            here.append(index)
-        return build(self, index, recipient, **options)
-
-    main = os.getpid()
-    monkeypatch.setattr(MailFactory, "build", counted)
+    here = built_here(monkeypatch)
     mails = list(build_in_order(factory, rows, workers=2))
 
     assert here == list(range(1, WARM_UP + 1))
@@ -111,16 +117,7 @@ def test_the_mails_the_checks_read_come_whole_from_the_workers(
     c.csv(people(100))
     c.write()
     builder = Builder.load(load_campaign(c.yaml_path))
-    here: list[int] = []
-    build = MailFactory.build
-
-    def counted(self: MailFactory, index: int, recipient: Recipient, **options: bool) -> Built:
-        if os.getpid() == main:
-            here.append(index)
-        return build(self, index, recipient, **options)
-
-    main = os.getpid()
-    monkeypatch.setattr(MailFactory, "build", counted)
+    here = built_here(monkeypatch)
     built = builder.mails(content=False, lint=True, workers=2)
     whole = [mail.index for mail in built if mail.data]
     findings = built.result.lint.findings() if built.result.lint else None
