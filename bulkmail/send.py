@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -346,12 +347,16 @@ def send_campaign(
 
 
 def _spool(campaign: Campaign) -> Spool:
-    """The preflight's spool for this run: in the journal's folder, no more mails than
-    the run sends before they are ``MAX_AGE`` old, and ``BULKMAIL_SPOOL_MB`` megabytes
-    (default 64; 0: no spool, every mail is built again as it is sent)."""
+    """The preflight's spool for this run: in the journal's folder (the system's
+    temporary folder when there is none: a PostgreSQL journal), no more mails than the run
+    sends before they are ``MAX_AGE`` old, and ``BULKMAIL_SPOOL_MB`` megabytes (default 64;
+    0: no spool, every mail is built again as it is sent)."""
     per_second = _pace(campaign)
     most = None if per_second is None else max(1, int(per_second * MAX_AGE))
-    return Spool(campaign.journal_dir, max_bytes=spool_bytes(), max_mails=most)
+    folder = campaign.journal_dir
+    if not folder.is_dir():
+        folder = Path(tempfile.gettempdir())
+    return Spool(folder, max_bytes=spool_bytes(), max_mails=most)
 
 
 def _pace(campaign: Campaign) -> float | None:

@@ -4,9 +4,10 @@
 against one `journal: postgresql://...` divides the list between them:
 
 1. the preflight runs once per version of the campaign: the first sender (holding the
-   campaign's preflight lock) builds every mail and notes the list in the journal; a
-   later one finds that version noted (the content's fingerprint, the list's and the
-   suppressions' digests) and goes straight to sending;
+   campaign's preflight lock) builds every mail, notes the list in the journal and keeps
+   the first mails in its spool, to send those of the rows it claims (the others' are
+   dropped); a later one finds that version noted (the content's fingerprint, the list's
+   and the suppressions' digests) and goes straight to sending;
 2. each sender reads the list in order and claims rows a batch at a time (``FOR UPDATE
    SKIP LOCKED``: no two senders hold a row), with a lease its heartbeat keeps alive;
 3. each claimed row is marked ``sending`` only if the claim is still its own (a
@@ -26,26 +27,28 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 
-from bulkmail.build import Builder
+from bulkmail.build import Build, Builder
 from bulkmail.deliver.ratelimit import limiter_for
 from bulkmail.deliver.transport import Transport
 from bulkmail.errors import CampaignError, DeliveryError
 from bulkmail.journal.postgres import PostgresJournal
 from bulkmail.journal.records import Entry
 from bulkmail.load.recipients import list_digest
-from bulkmail.models import Campaign, OnEvent, Recipient, Status
+from bulkmail.models import Campaign, OnEvent, OutgoingMail, Recipient, Status
 from bulkmail.record import Recorder
 from bulkmail.reports import CheckReport, SendPlan, SendReport
 from bulkmail.send import (
     MAX_LISTED,
     _send_each,
     _should_send,
+    _spool,
     checked,
     content_fingerprint,
     overall_rate,
 )
+from bulkmail.spool import Spool
 
 # Rows a sender claims at a time: few enough that a sender that dies strands little for
 # a lease, enough that claiming costs little next to sending.
@@ -143,9 +146,12 @@ def send_shared(
     assert settings is not None
     fingerprint = content_fingerprint(builder)
     version = campaign_version(builder, fingerprint, limit)
-    with PostgresJournal(
-        settings, campaign.name, sender=True, where=campaign.location("journal")
-    ) as journal:
+    with (
+        PostgresJournal(
+            settings, campaign.name, sender=True, where=campaign.location("journal")
+        ) as journal,
+        _spool(campaign) as spool,
+    ):
         with journal.preflight_lock():
             if journal.get_meta("preflight") == version:
                 plan = _plan_from_journal(
@@ -161,6 +167,7 @@ def send_shared(
                     resend_uncertain=resend_uncertain,
                     allow_changes=allow_changes,
                     on_event=on_event,
+                    spool=spool,  # this sender's rows come from it, the others' are dropped
                 )
                 journal.set_meta("preflight", version)
                 journal.flush()
@@ -178,7 +185,15 @@ def send_shared(
         try:
             with transport:
                 _passes(
-                    builder, journal, transport, recorder, statuses, unbuilt, limit=limit, stop=stop
+                    builder,
+                    journal,
+                    transport,
+                    recorder,
+                    statuses,
+                    unbuilt,
+                    limit=limit,
+                    stop=stop,
+                    spool=spool,
                 )
         except DeliveryError as exc:  # connecting, TLS or login failed: nothing handed over
             recorder.stopped(exc)
@@ -200,9 +215,11 @@ def _passes(
     *,
     limit: int | None,
     stop: threading.Event,
+    spool: Spool | None = None,
 ) -> None:
     """Pass over the list, sending the rows this sender claims, until no row is left to
-    send by anyone, or the run ends (a stop, an outcome that ends it)."""
+    send by anyone, or the run ends (a stop, an outcome that ends it). The first pass
+    takes the mails of its rows from ``spool`` (the preflight's, if this sender made it)."""
     report = recorder.report
     claims = Claims(journal, statuses)
     # The run's start: that of the earliest sender still going, which may have retried
@@ -221,13 +238,18 @@ def _passes(
     limiter = limiter_for(overall_rate(builder.campaign), sleep=stop.wait)
     lease = journal.settings.lease
     idle = 0  # passes in a row that found free rows in the journal but sent none of them
+
+    def build(select: Callable[[Recipient], bool]) -> Build:
+        return builder.mails(limit=limit, select=select, max_problems=MAX_LISTED, html=False)
+
     while not stop.is_set():
         handed = _handed_over(report)
-        mails = builder.mails(limit=limit, select=claims, max_problems=MAX_LISTED)
+        mails = _ClaimedPass(claims, build, spool)
+        spool = None  # (read once: the passes after the first build every mail)
         _send_each(
             mails, journal, transport, recorder, limiter=limiter, stop=stop, should_send=should_send
         )
-        unbuilt.extend(mails.result.problems.errors())
+        unbuilt.extend(mails.problems())
         if not report.complete or unbuilt:
             return
         if not _more_to_claim(journal, statuses, recorder, stop, lease):
@@ -242,6 +264,42 @@ def _passes(
             return
         claims.rewind()
     recorder.interrupted()
+
+
+class _ClaimedPass:
+    """The mails of the rows this sender claims in one pass over the list, in list order:
+    first those the preflight kept in ``spool`` (the others are other senders' rows, left
+    alone), then the rest, built as they are sent."""
+
+    def __init__(
+        self,
+        claims: Claims,
+        build: Callable[[Callable[[Recipient], bool]], Build],
+        spool: Spool | None,
+    ) -> None:
+        self._claims = claims
+        self._build = build
+        self._spool = spool
+        self._rest: Build | None = None
+
+    def __iter__(self) -> Iterator[OutgoingMail]:
+        select: Callable[[Recipient], bool] = self._claims
+        if self._spool is not None:
+            for mail, _ in self._spool.fresh():
+                if self._claims(mail.recipient):
+                    yield mail
+            self._spool.close()  # its disk space is not needed any more
+            taken = self._spool.taken  # (their rows are this sender's, sent, or others')
+
+            def select(recipient: Recipient) -> bool:
+                return recipient.key not in taken and self._claims(recipient)
+
+        self._rest = self._build(select)
+        yield from self._rest
+
+    def problems(self) -> list[CampaignError]:
+        """The rows of the rest that could not be built (changed since the preflight)."""
+        return [] if self._rest is None else self._rest.result.problems.errors()
 
 
 def _handed_over(report: SendReport) -> int:

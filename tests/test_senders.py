@@ -27,9 +27,10 @@ from postgres import PASSWORD_ENV as PG_PASSWORD_ENV
 from postgres import Postgres
 
 from bulkmail import Event, campaign_status, load_campaign, send_campaign, write_failed_csv
+from bulkmail.compose.workers import Built, MailFactory
 from bulkmail.errors import ConfigError, JournalError
 from bulkmail.journal.postgres import PostgresJournal
-from bulkmail.models import Status
+from bulkmail.models import Recipient, Status
 
 LEASE = 2.0  # seconds: a killed sender's rows come back quickly
 
@@ -117,6 +118,63 @@ def test_a_later_sender_of_the_same_version_does_not_check_again(shared: Campaig
     )
     assert not any(e.kind == "built" for e in later)
     assert report.plan.already_accepted == 10
+
+
+def built_here(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[int]:
+    """How many times each mail (by index) is built in this process from now on (a short
+    list is built here, without worker processes)."""
+    builds: collections.Counter[int] = collections.Counter()
+    build = MailFactory.build
+
+    def counted(self: MailFactory, index: int, recipient: Recipient, **options: bool) -> Built:
+        builds[index] += 1
+        return build(self, index, recipient, **options)
+
+    monkeypatch.setattr(MailFactory, "build", counted)
+    return builds
+
+
+def test_the_sender_that_checks_sends_from_its_spool(
+    shared: CampaignDir, smtpd: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As with a journal file: the preflight's mails are kept, not built a second time.
+    builds = built_here(monkeypatch)
+    report = send_campaign(shared.yaml_path, confirm=lambda plan: True)
+    assert report.accepted == 40
+    assert sorted(received(smtpd).values()) == [1] * 40
+    assert set(builds) == set(range(1, 41))
+    assert sum(builds.values()) <= 40 + 1  # (the largest mail, read again by the checks)
+
+
+def test_spooled_mails_of_rows_another_sender_holds_are_dropped(
+    shared: CampaignDir, smtpd: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another sender claims the first 10 rows between the preflight and the send: this
+    # one sends the other 30 from its spool, waits, and once the rows are given back,
+    # builds and sends them itself. Everyone once.
+    builds = built_here(monkeypatch)
+    loaded = load_campaign(shared.yaml_path)
+    assert loaded.journal is not None
+    other = PostgresJournal(loaded.journal, loaded.name, sender=True)
+
+    def confirm(plan: object) -> bool:
+        other.open()
+        held = other.claim(2, 10, [Status.PENDING])  # CSV lines 2-11: rows 1-10
+        assert len(held) == 10
+        return True
+
+    def on_event(event: Event) -> None:
+        if event.kind == "waiting":  # for the rows the other sender holds
+            other.close()  # gives them back
+
+    report = send_campaign(shared.yaml_path, confirm=confirm, on_event=on_event)
+
+    assert report.accepted == 40
+    assert sorted(received(smtpd).values()) == [1] * 40
+    twice = {index for index, n in builds.items() if n > 1}
+    assert set(range(1, 11)) <= twice  # the preflight, then the pass after the other's
+    assert sum(builds.values()) <= 50 + 1
+    assert smtpd.inbox.recipients[:30] == [f"reader{i}@example.com" for i in range(10, 40)]
 
 
 def test_a_changed_campaign_is_refused_by_the_shared_journal(shared: CampaignDir) -> None:
