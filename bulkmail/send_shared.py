@@ -59,7 +59,8 @@ MAX_POLL = 2.0
 
 class Claims:
     """Which rows of the list this sender sends: a `Builder.mails` ``select`` that claims
-    the next batch of rows from the journal when the list reaches past the last claim."""
+    the next batch of rows from the journal when the list reaches past the last claim,
+    and keeps each row's entry as claimed for the send (`entry_of`)."""
 
     def __init__(
         self, journal: PostgresJournal, statuses: Collection[Status], batch: int = CLAIM_BATCH
@@ -67,7 +68,8 @@ class Claims:
         self._journal = journal
         self._statuses = tuple(statuses)
         self._batch = batch
-        self._held: set[str] = set()
+        self._held: dict[str, Entry] = {}  # claimed, not yet reached by the list
+        self._selected: dict[str, Entry] = {}  # reached, on their way to be sent
         self._horizon: float = 0  # the last line claimed ahead; inf: nothing left ahead
 
     def rewind(self) -> None:
@@ -76,13 +78,20 @@ class Claims:
 
     def __call__(self, recipient: Recipient) -> bool:
         if recipient.line > self._horizon:
-            got = self._journal.claim(recipient.line, self._batch, self._statuses)
-            self._held.update(key for key, _ in got)
-            self._horizon = got[-1][1] if got else math.inf
-        if recipient.key in self._held:
-            self._held.discard(recipient.key)
-            return True
-        return False
+            got = self._journal.claim_entries(recipient.line, self._batch, self._statuses)
+            self._held.update((entry.key, entry) for entry in got)
+            self._horizon = got[-1].line if got else math.inf
+        entry = self._held.pop(recipient.key, None)
+        if entry is None:
+            return False
+        self._selected[recipient.key] = entry
+        return True
+
+    def entry_of(self, key: str) -> Entry | None:
+        """A selected row's entry as it was claimed (no other sender may change a row this
+        one holds: no query a mail); another row's, read from the journal."""
+        entry = self._selected.pop(key, None)
+        return entry if entry is not None else self._journal.status_of(key)
 
 
 def _wanted_statuses(*, retry_failed: bool, resend_uncertain: bool) -> list[Status]:
@@ -247,7 +256,14 @@ def _passes(
         mails = _ClaimedPass(claims, build, spool)
         spool = None  # (read once: the passes after the first build every mail)
         _send_each(
-            mails, journal, transport, recorder, limiter=limiter, stop=stop, should_send=should_send
+            mails,
+            journal,
+            transport,
+            recorder,
+            limiter=limiter,
+            stop=stop,
+            should_send=should_send,
+            entry_of=claims.entry_of,
         )
         unbuilt.extend(mails.problems())
         if not report.complete or unbuilt:

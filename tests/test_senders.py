@@ -146,6 +146,25 @@ def test_the_sender_that_checks_sends_from_its_spool(
     assert sum(builds.values()) <= 40 + 1  # (the largest mail, read again by the checks)
 
 
+def test_a_sender_reads_no_row_again_that_it_claimed(
+    shared: CampaignDir, smtpd: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The claim returns each row as it stands, and no other sender can change a row this
+    # one holds: the send needs no query a mail to learn what it already knows.
+    reads: list[str] = []
+    status_of = PostgresJournal.status_of
+
+    def counted(self: PostgresJournal, key: str) -> object:
+        reads.append(key)
+        return status_of(self, key)
+
+    monkeypatch.setattr(PostgresJournal, "status_of", counted)
+    report = send_campaign(shared.yaml_path, confirm=lambda plan: True)
+    assert report.accepted == 40
+    assert sorted(received(smtpd).values()) == [1] * 40
+    assert reads == []
+
+
 def test_spooled_mails_of_rows_another_sender_holds_are_dropped(
     shared: CampaignDir, smtpd: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -119,6 +119,7 @@ _COLUMNS = (
     "key, email, line, fields, status, attempts, code, reply, message_id, first_attempt, "
     "updated, envelope_from, feedback, feedback_detail"
 )
+_R_COLUMNS = ", ".join(f"r.{column.strip()}" for column in _COLUMNS.split(","))
 # Whether a row is free for a claim by sender %(me)s: nobody holds it, the sender holding
 # it is this one, or its lease ran out (or was cleared: the row was sent).
 _FREE = (
@@ -355,13 +356,20 @@ class PostgresJournal(Opened):
 
     # --- sharing the list between senders ------------------------------------------------
 
-    @_translated
     def claim(
         self, from_line: int, limit: int, statuses: Collection[Status]
     ) -> list[tuple[str, int]]:
+        """`claim_entries`, as (key, line) of each row taken, in list order."""
+        return [(entry.key, entry.line) for entry in self.claim_entries(from_line, limit, statuses)]
+
+    @_translated
+    def claim_entries(
+        self, from_line: int, limit: int, statuses: Collection[Status]
+    ) -> list[Entry]:
         """Take up to ``limit`` rows from CSV line ``from_line`` on whose status is one of
         ``statuses`` and that no other sender holds; committed at once (with anything
-        pending). Returns (key, line) of each, in list order."""
+        pending). Returns each row's entry, in list order: while the claim holds, no other
+        sender can change the row, so the entry stands until this sender sends it."""
         db = self._conn
         db.commit()
         rows = db.execute(
@@ -373,7 +381,7 @@ class PostgresJournal(Opened):
             ") UPDATE bulkmail_recipients AS r"
             f" SET claimed_by = %(me)s, lease_until = {_NOW} + %(lease)s"
             " FROM picked WHERE r.campaign = %(campaign)s AND r.key = picked.key"
-            " RETURNING r.key, r.line",
+            f" RETURNING {_R_COLUMNS}",
             {
                 "campaign": self.campaign,
                 "statuses": [Status(s).value for s in statuses],
@@ -384,7 +392,7 @@ class PostgresJournal(Opened):
             },
         ).fetchall()
         db.commit()
-        return sorted(((str(key), int(line)) for key, line in rows), key=lambda row: row[1])
+        return sorted(map(entry_from_row, rows), key=lambda entry: entry.line)
 
     @_translated
     def outstanding(self, statuses: Collection[Status]) -> tuple[int, int]:
