@@ -57,7 +57,7 @@ def premailer_link(attribute: str, url: str, base_url: str) -> str:
 def joined(attribute: str, parts: Sequence[str], values: Sequence[str], base_url: str) -> str:
     """`premailer_link` of the link made of ``parts`` with ``values`` (as the parser reads
     them) between them: from the link's template when the values allow it."""
-    if all(_inert(value) for value in values):
+    if all(map(_inert, values)):
         template = _template(attribute, tuple(parts), base_url)
         if template is not None:
             return _between(template, values)

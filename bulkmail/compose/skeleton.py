@@ -407,7 +407,7 @@ class SkeletonInliner:
     def _link(self, link: _Link, values: tuple[str, ...]) -> str:
         """A recipient's whole link as premailer writes it (see `_made_link`)."""
         assert self._base_url is not None  # links are only cut with a base URL
-        return _made_link(link, tuple(values[slot] for slot in link.slots), self._base_url)
+        return _made_link(link, tuple([values[slot] for slot in link.slots]), self._base_url)
 
     @staticmethod
     def _serialise(place: _Place, value: str) -> str:
