@@ -172,6 +172,23 @@ def write_campaign(
     return path
 
 
+def newsletter(
+    folder: Path, *, name: str, rows: int, port: int, ca_file: Path, username: str
+) -> Path:
+    """The example newsletter without attachment for ``rows`` generated recipients, list,
+    templates and campaign all in ``folder``; returns the campaign's path."""
+    return write_campaign(
+        folder,
+        name=name,
+        recipients=write_list(folder / "list.csv", rows),
+        templates=write_templates(folder / "templates"),
+        port=port,
+        ca_file=ca_file,
+        username=username,
+        attachment=None,
+    )
+
+
 def journal_dir(campaign_yaml: Path) -> Path:
     """bulkmail keeps a campaign's journal here; the bench deletes it before each run."""
     return campaign_yaml.parent / ".bulkmail"

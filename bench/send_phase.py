@@ -98,15 +98,13 @@ def main() -> int:
         os.environ[gen.PASSWORD_ENV] = PASSWORD
         sink = Sink(folder, ca)
         try:
-            path = gen.write_campaign(
+            path = gen.newsletter(
                 folder / "campaign",
                 name="bench-send-phase",
-                recipients=gen.write_list(folder / "list.csv", rows),
-                templates=gen.write_templates(folder / "templates"),
+                rows=rows,
                 port=sink.port,
                 ca_file=ca_file,
                 username=USER,
-                attachment=None,
             )
             campaign = load_campaign(path)
             mails = list(Builder.load(campaign).mails(workers=0))

@@ -44,15 +44,8 @@ from postgres import Postgres, postgres_bin  # noqa: E402
 
 def campaign(folder: Path, rows: int, sink: Sink, ca_file: Path, url: str) -> Path:
     """The example newsletter (no attachment) for ``rows`` recipients, journal in ``url``."""
-    path = gen.write_campaign(
-        folder,
-        name="bench-senders",
-        recipients=gen.write_list(folder / "list.csv", rows),
-        templates=gen.write_templates(folder / "templates"),
-        port=sink.port,
-        ca_file=ca_file,
-        username=USER,
-        attachment=None,
+    path = gen.newsletter(
+        folder, name="bench-senders", rows=rows, port=sink.port, ca_file=ca_file, username=USER
     )
     settings = yaml.safe_load(path.read_text(encoding="utf-8"))
     settings["journal"] = {"url": url, "password_env": PG_PASSWORD_ENV, "lease": 10}
