@@ -6,6 +6,7 @@ meet, as a JournalError naming the database and never showing the password."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -121,6 +122,32 @@ def test_a_mark_is_committed_before_sending_returns_and_an_outcome_with_the_next
     assert list(entries[0].fields) == ["email", "name", "city"]
     assert [e.email for e in status.entries(Status.FAILED)] == [bob.email]
     assert status.anything_sent()
+
+
+def test_a_mail_costs_one_round_trip_to_the_journal(
+    open_journal: OpenJournal, tmp_path: Path
+) -> None:
+    # The outcome of one mail goes with the next mail's mark and its commit, in one
+    # pipeline: across a network each round trip is a wait (there were four a mail).
+    sender = open_journal()
+    rows = planned(sender, 6)
+    sender.claim(0, 10, PENDING)
+    sender.sending(rows[0], "<0@x>")
+    trace = tmp_path / "libpq.trace"
+    with trace.open("w") as file:
+        sender._conn.pgconn.trace(file.fileno())
+        for n, row in enumerate(rows[1:], 1):
+            sender.outcome(rows[n - 1], Status.ACCEPTED, 250, "2.0.0 OK")
+            assert sender.sending(row, f"<{n}@x>")
+        sender._conn.pgconn.untrace()
+    # Each round trip ends with a Sync (or is a simple Query) from the client.
+    ends = [
+        line
+        for line in trace.read_text().splitlines()
+        if re.search(r"\tF\t\d+\t(Sync|Query)", line)
+    ]
+    # Two a mail: psycopg's BEGIN, alone; then the outcome, the mark and COMMIT.
+    assert len(ends) <= 5 * 2, ends
 
 
 def test_plan_keeps_what_was_sent_and_moves_between_pending_and_skipped(

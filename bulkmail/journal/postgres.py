@@ -7,6 +7,11 @@ handed over; its outcome is committed with the next mark or by `flush`; a row le
 ``sending`` is uncertain, reported and never resent unless asked), and besides, several
 senders (processes, perhaps on several machines) may send one campaign together.
 
+A journal across a network costs a round trip per statement, so a mail costs two: the
+transaction's BEGIN, then the previous mail's outcome (held back until now), this mail's
+mark and the COMMIT, pipelined. Anything else the journal does first sends what is held
+back, so a sender always reads what it wrote.
+
 One database holds any number of campaigns: every row of every ``bulkmail_`` table names
 its campaign, and every query asks for one. The tables are made at the first open, under
 an advisory lock so that two senders starting together do not race.
@@ -150,14 +155,23 @@ def _translated(
 ) -> Callable[Concatenate[PostgresJournal, P], R]:
     """Turn any psycopg error of ``method`` into a JournalError naming the database."""
 
+    takes_pending = method.__name__ in _TAKES_PENDING
+
     @functools.wraps(method)
     def wrapper(journal: PostgresJournal, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
+            if journal._pending and not takes_pending:
+                journal._write_pending()  # what this sender reads includes what it wrote
             return method(journal, *args, **kwargs)
         except psycopg.Error as exc:
             raise journal._error(exc) from exc
 
     return wrapper
+
+
+# The methods that send the writes `outcome` and `unmark` left waiting (or drop them)
+# themselves, in the same round trip as their own statements.
+_TAKES_PENDING = frozenset({"sending", "flush", "rollback"})
 
 
 class PostgresJournal(Opened):
@@ -190,6 +204,9 @@ class PostgresJournal(Opened):
         self._run_id: int | None = None
         self._finished = False
         self._has_tables = False
+        # Outcomes and unmarks not yet sent to the server: they go with the next mark, in
+        # one round trip with it and its commit (psycopg's pipeline mode).
+        self._pending: list[tuple[str, tuple[object, ...]]] = []
 
     def __repr__(self) -> str:
         return f"PostgresJournal({self.where!r}, campaign={self.campaign!r})"
@@ -316,6 +333,7 @@ class PostgresJournal(Opened):
             return
         try:
             if not db.broken and not db.closed:
+                self._write_pending()
                 db.commit()
                 if self.sender:
                     self._leave()
@@ -459,6 +477,7 @@ class PostgresJournal(Opened):
         pending is committed first: no row stays locked while this waits."""
         key = f"bulkmail preflight {self.campaign}"
         try:
+            self._write_pending()
             self._conn.commit()
             self._conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
             self._conn.commit()
@@ -595,56 +614,63 @@ class PostgresJournal(Opened):
         ``durable`` says (the answer is needed at once).
         """
         db = self._conn
-        cursor = db.execute(
-            "UPDATE bulkmail_recipients SET status = 'sending', attempts = attempts + 1, "
-            "message_id = %(message_id)s, envelope_from = %(envelope_from)s, "
-            "first_attempt = COALESCE(first_attempt, %(now)s), updated = %(now)s, "
-            f"lease_until = {_NOW} + %(lease)s "
-            "WHERE campaign = %(campaign)s AND key = %(key)s AND claimed_by = %(me)s "
-            "AND status NOT IN ('accepted', 'skipped')",
-            {
-                "message_id": message_id,
-                "envelope_from": envelope_from,
-                "now": time.time(),
-                "lease": self.settings.lease,
-                "campaign": self.campaign,
-                "key": recipient.key,
-                "me": self.sender_id,
-            },
-        )
-        marked = cursor.rowcount == 1
-        db.commit()
-        return marked
+        pending, self._pending = self._pending, []
+        with db.pipeline():  # the outcomes before, the mark and the commit: one round trip
+            for statement, params in pending:
+                db.execute(statement, params)
+            cursor = db.execute(
+                "UPDATE bulkmail_recipients SET status = 'sending', attempts = attempts + 1, "
+                "message_id = %(message_id)s, envelope_from = %(envelope_from)s, "
+                "first_attempt = COALESCE(first_attempt, %(now)s), updated = %(now)s, "
+                f"lease_until = {_NOW} + %(lease)s "
+                "WHERE campaign = %(campaign)s AND key = %(key)s AND claimed_by = %(me)s "
+                "AND status NOT IN ('accepted', 'skipped')",
+                {
+                    "message_id": message_id,
+                    "envelope_from": envelope_from,
+                    "now": time.time(),
+                    "lease": self.settings.lease,
+                    "campaign": self.campaign,
+                    "key": recipient.key,
+                    "me": self.sender_id,
+                },
+            )
+            db.execute("COMMIT")  # (commit() would sync the pipeline once more: a round trip)
+        return cursor.rowcount == 1
 
     def settle(self) -> None:
         """Nothing to wait for: every mark is durable when `sending` returns."""
 
-    @_translated
     def outcome(self, recipient: Recipient, status: Status, code: int | None, reply: str) -> None:
-        """Record the server's answer; committed with the next mail's mark or by `flush`.
+        """Record the server's answer; sent and committed with the next mail's mark (one
+        round trip for both), or by `flush`, or before anything else this journal does.
         The row is then held by nobody, and remembers who sent it."""
-        self._conn.execute(
-            "UPDATE bulkmail_recipients SET status = %s, code = %s, reply = %s, updated = %s, "
-            "lease_until = NULL WHERE campaign = %s AND key = %s",
-            (Status(status).value, code, reply, time.time(), self.campaign, recipient.key),
+        self._pending.append(
+            (
+                "UPDATE bulkmail_recipients SET status = %s, code = %s, reply = %s, "
+                "updated = %s, lease_until = NULL WHERE campaign = %s AND key = %s",
+                (Status(status).value, code, reply, time.time(), self.campaign, recipient.key),
+            )
         )
 
-    @_translated
     def unmark(self, recipient: Recipient, status: Status) -> None:
         """Undo `sending` (back to ``status``): the mail was not handed over after all.
 
         Committed with the next mark or by `flush`; the attempt stays counted, and the row
         stays this sender's until it sends it or `release`\\ s it.
         """
-        self._conn.execute(
-            "UPDATE bulkmail_recipients SET status = %s, updated = %s "
-            "WHERE campaign = %s AND key = %s AND status = 'sending'",
-            (Status(status).value, time.time(), self.campaign, recipient.key),
+        self._pending.append(
+            (
+                "UPDATE bulkmail_recipients SET status = %s, updated = %s "
+                "WHERE campaign = %s AND key = %s AND status = 'sending'",
+                (Status(status).value, time.time(), self.campaign, recipient.key),
+            )
         )
 
     @_translated
     def rollback(self) -> None:
         """Forget everything since the last commit."""
+        self._pending.clear()
         self._conn.rollback()
 
     @_translated
@@ -663,7 +689,12 @@ class PostgresJournal(Opened):
     @_translated
     def flush(self) -> None:
         """Commit every outcome recorded so far."""
-        self._conn.commit()
+        db = self._conn
+        pending, self._pending = self._pending, []
+        with db.pipeline():
+            for statement, params in pending:
+                db.execute(statement, params)
+            db.commit()
 
     @_translated
     def entry_at_line(self, line: int) -> Entry | None:
@@ -789,6 +820,16 @@ class PostgresJournal(Opened):
         return Summary(counts, len(runs), started, last_sent, rate, feedback)
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _write_pending(self) -> None:
+        """Send the outcomes and unmarks waiting (not committed: that is the caller's)."""
+        if not self._pending:
+            return
+        db = self._conn
+        pending, self._pending = self._pending, []
+        with db.pipeline():
+            for statement, params in pending:
+                db.execute(statement, params)
 
     def _ready(self) -> bool:
         """Whether the tables exist (a reader of an empty database finds none)."""
