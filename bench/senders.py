@@ -5,6 +5,7 @@ PostgreSQL, tests/postgres.py)::
 
     python bench/senders.py                      # 2,000 mails, a sink taking 100/s a connection
     python bench/senders.py --rows 4000 --per-connection 50 --repeat 3
+    python bench/senders.py --senders 1 --per-connection 0 --journal-delay-ms 1
 
 A relay throttles each connection (here the sink, bench/sink.py ``--per-connection``: at
 most N mails a second on one connection, the others not held up), so one sender, on one
@@ -14,6 +15,8 @@ machine runs out of cores. Each measurement starts from a new, empty PostgreSQL 
 and times every sender from its start to the last one's exit (so the preflight, which the
 first sender runs and the others wait for, is included); the rate at the sink is from its
 first to its last arrival. Medians of ``--repeat`` runs; ratios against one sender.
+``--journal-delay-ms`` puts the database behind a proxy holding every chunk that long in
+each direction (bench/latency.py's), as a journal across a network is.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import generate as gen
 import trustme
 import yaml
+from latency import DelayingProxy
 from run import PASSWORD, USER, Sink, log
 
 BENCH = Path(__file__).resolve().parent
@@ -54,10 +58,18 @@ def campaign(folder: Path, rows: int, sink: Sink, ca_file: Path, url: str) -> Pa
 
 
 def one_run(
-    senders: int, rows: int, folder: Path, sink: Sink, ca_file: Path, server: Postgres
+    senders: int,
+    rows: int,
+    folder: Path,
+    sink: Sink,
+    ca_file: Path,
+    server: Postgres,
+    journal_port: int | None = None,
 ) -> dict[str, Any]:
-    """``senders`` runs of one new campaign at once; their wall time and the sink's rate."""
-    path = campaign(folder, rows, sink, ca_file, server.url(server.database()))
+    """``senders`` runs of one new campaign at once; their wall time and the sink's rate.
+    ``journal_port``: where the senders reach the database (by default, its own port)."""
+    url = server.url(server.database(), port=journal_port)
+    path = campaign(folder, rows, sink, ca_file, url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKMAIL_")}
     env[gen.PASSWORD_ENV] = PASSWORD
     env[PG_PASSWORD_ENV] = PG_PASSWORD
@@ -98,6 +110,9 @@ def main() -> int:
     parser.add_argument("--per-connection", type=float, default=100.0)
     parser.add_argument("--senders", default="1,2,4")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--journal-delay-ms", type=float, default=0, help="one way, to the database (0: none)"
+    )
     args = parser.parse_args()
     bin_dir = postgres_bin()
     if bin_dir is None:
@@ -112,18 +127,27 @@ def main() -> int:
         sink = Sink(folder, ca, "--per-connection", str(args.per_connection))
         server = Postgres(bin_dir)
         server.start()
+        proxy = None
         try:
+            if args.journal_delay_ms:
+                proxy = DelayingProxy(server.port, args.journal_delay_ms / 1000)
+            port = proxy.port if proxy is not None else None
             for round_ in range(args.repeat):
                 for n in counts:  # interleaved, so that a noisy spell hits every row alike
                     log(f"round {round_ + 1}: {n} sender(s), {args.rows:,} mails")
                     run_folder = folder / f"r{round_}-{n}"
-                    results[n].append(one_run(n, args.rows, run_folder, sink, ca_file, server))
+                    results[n].append(
+                        one_run(n, args.rows, run_folder, sink, ca_file, server, port)
+                    )
         finally:
+            if proxy is not None:
+                proxy.close()
             server.stop()
             sink.close()
     base = statistics.median(r["end_to_end"] for r in results[counts[0]])
+    delay = f", the journal {args.journal_delay_ms:g} ms away" if args.journal_delay_ms else ""
     print(
-        f"{args.rows:,} mails, sink at {args.per_connection:g}/s a connection, "
+        f"{args.rows:,} mails, sink at {args.per_connection:g}/s a connection{delay}, "
         f"medians of {args.repeat}"
     )
     print(
