@@ -7,10 +7,10 @@ handed over; its outcome is committed with the next mark or by `flush`; a row le
 ``sending`` is uncertain, reported and never resent unless asked), and besides, several
 senders (processes, perhaps on several machines) may send one campaign together.
 
-A journal across a network costs a round trip per statement, so a mail costs two: the
-transaction's BEGIN, then the previous mail's outcome (held back until now), this mail's
-mark and the COMMIT, pipelined. Anything else the journal does first sends what is held
-back, so a sender always reads what it wrote.
+A journal across a network costs a round trip per statement, so a mail costs one: BEGIN,
+the previous mail's outcome (held back until now), this mail's mark and COMMIT, in one
+pipeline. Anything else the journal does first sends what is held back, so a sender
+always reads what it wrote.
 
 One database holds any number of campaigns: every row of every ``bulkmail_`` table names
 its campaign, and every query asks for one. The tables are made at the first open, under
@@ -615,28 +615,58 @@ class PostgresJournal(Opened):
         """
         db = self._conn
         pending, self._pending = self._pending, []
-        with db.pipeline():  # the outcomes before, the mark and the commit: one round trip
-            for statement, params in pending:
-                db.execute(statement, params)
-            cursor = db.execute(
-                "UPDATE bulkmail_recipients SET status = 'sending', attempts = attempts + 1, "
-                "message_id = %(message_id)s, envelope_from = %(envelope_from)s, "
-                "first_attempt = COALESCE(first_attempt, %(now)s), updated = %(now)s, "
-                f"lease_until = {_NOW} + %(lease)s "
-                "WHERE campaign = %(campaign)s AND key = %(key)s AND claimed_by = %(me)s "
-                "AND status NOT IN ('accepted', 'skipped')",
-                {
-                    "message_id": message_id,
-                    "envelope_from": envelope_from,
-                    "now": time.time(),
-                    "lease": self.settings.lease,
-                    "campaign": self.campaign,
-                    "key": recipient.key,
-                    "me": self.sender_id,
-                },
-            )
-            db.execute("COMMIT")  # (commit() would sync the pipeline once more: a round trip)
+        # Between transactions (as a mark usually is), BEGIN goes in the pipeline with the
+        # rest: psycopg sends its own BEGIN alone, a round trip of its own.
+        begin = db.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if begin:
+            db.autocommit = True
+        try:
+            with db.pipeline():  # the outcomes before, the mark and the commit: one round trip
+                if begin:
+                    db.execute("BEGIN")
+                for statement, params in pending:
+                    db.execute(statement, params)
+                cursor = self._mark(db, recipient, message_id, envelope_from)
+                db.execute("COMMIT")  # (commit() would sync the pipeline again: a round trip)
+        finally:
+            if begin:
+                self._leave_autocommit(db)
         return cursor.rowcount == 1
+
+    def _mark(
+        self,
+        db: psycopg.Connection[Any],
+        recipient: Recipient,
+        message_id: str,
+        envelope_from: str | None,
+    ) -> psycopg.Cursor[Any]:
+        return db.execute(
+            "UPDATE bulkmail_recipients SET status = 'sending', attempts = attempts + 1, "
+            "message_id = %(message_id)s, envelope_from = %(envelope_from)s, "
+            "first_attempt = COALESCE(first_attempt, %(now)s), updated = %(now)s, "
+            f"lease_until = {_NOW} + %(lease)s "
+            "WHERE campaign = %(campaign)s AND key = %(key)s AND claimed_by = %(me)s "
+            "AND status NOT IN ('accepted', 'skipped')",
+            {
+                "message_id": message_id,
+                "envelope_from": envelope_from,
+                "now": time.time(),
+                "lease": self.settings.lease,
+                "campaign": self.campaign,
+                "key": recipient.key,
+                "me": self.sender_id,
+            },
+        )
+
+    @staticmethod
+    def _leave_autocommit(db: psycopg.Connection[Any]) -> None:
+        """Back to psycopg's own transactions after a mark; a transaction a failed mark
+        left open (aborted) is rolled back first, since autocommit can't change in one."""
+        if db.closed or db.broken:
+            return
+        if db.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            db.execute("ROLLBACK")
+        db.autocommit = False
 
     def settle(self) -> None:
         """Nothing to wait for: every mark is durable when `sending` returns."""
