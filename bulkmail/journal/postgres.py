@@ -614,7 +614,6 @@ class PostgresJournal(Opened):
         ``durable`` says (the answer is needed at once).
         """
         db = self._conn
-        pending, self._pending = self._pending, []
         # Between transactions (as a mark usually is), BEGIN goes in the pipeline with the
         # rest: psycopg sends its own BEGIN alone, a round trip of its own.
         begin = db.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
@@ -624,8 +623,7 @@ class PostgresJournal(Opened):
             with db.pipeline():  # the outcomes before, the mark and the commit: one round trip
                 if begin:
                     db.execute("BEGIN")
-                for statement, params in pending:
-                    db.execute(statement, params)
+                self._execute_pending(db)
                 cursor = self._mark(db, recipient, message_id, envelope_from)
                 db.execute("COMMIT")  # (commit() would sync the pipeline again: a round trip)
         finally:
@@ -720,10 +718,8 @@ class PostgresJournal(Opened):
     def flush(self) -> None:
         """Commit every outcome recorded so far."""
         db = self._conn
-        pending, self._pending = self._pending, []
         with db.pipeline():
-            for statement, params in pending:
-                db.execute(statement, params)
+            self._execute_pending(db)
             db.commit()
 
     @_translated
@@ -853,13 +849,15 @@ class PostgresJournal(Opened):
 
     def _write_pending(self) -> None:
         """Send the outcomes and unmarks waiting (not committed: that is the caller's)."""
-        if not self._pending:
-            return
-        db = self._conn
+        if self._pending:
+            with self._conn.pipeline():
+                self._execute_pending(self._conn)
+
+    def _execute_pending(self, db: psycopg.Connection[Any]) -> None:
+        """Queue the outcomes and unmarks waiting on ``db`` (in a pipeline: no wait)."""
         pending, self._pending = self._pending, []
-        with db.pipeline():
-            for statement, params in pending:
-                db.execute(statement, params)
+        for statement, params in pending:
+            db.execute(statement, params)
 
     def _ready(self) -> bool:
         """Whether the tables exist (a reader of an empty database finds none)."""
