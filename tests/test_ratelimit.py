@@ -160,6 +160,41 @@ def test_nonsense_parameters_are_refused(per_second: float, burst: int) -> None:
 def test_no_limit_never_waits() -> None:
     limiter = NoLimit()
     assert [limiter.acquire() for _ in range(1000)] == [0.0] * 1000
+    assert limiter.ready()
+
+
+def test_ready_says_whether_acquire_would_wait_and_takes_nothing(fake_clock: FakeClock) -> None:
+    bucket = TokenBucket(2, burst=2, clock=fake_clock, sleep=fake_clock.sleep)
+    assert [bucket.ready() for _ in range(5)] == [True] * 5  # asking takes no token
+    bucket.acquire()
+    assert bucket.ready()  # the burst's second token
+    bucket.acquire()
+    assert not bucket.ready()
+    fake_clock.advance(0.25)
+    assert not bucket.ready()
+    fake_clock.advance(0.25)
+    assert bucket.ready()
+    # Ready then, still ready at the acquire however late it comes: no wait, no sleep.
+    fake_clock.advance(7)
+    assert bucket.acquire() == 0
+    assert fake_clock.sleeps == []
+
+
+@given(
+    per_second=st.floats(0.5, 200),
+    burst=st.integers(1, 5),
+    gaps=st.lists(st.floats(0, 1.5), min_size=1, max_size=40),
+)
+@settings(max_examples=200, deadline=None)
+def test_ready_is_true_exactly_when_acquire_returns_at_once(
+    per_second: float, burst: int, gaps: list[float]
+) -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(per_second, burst, clock=clock, sleep=clock.sleep)
+    for gap in gaps:
+        clock.advance(gap)
+        ready = bucket.ready()
+        assert (bucket.acquire() == 0) == ready
 
 
 def test_limiter_for_a_campaign_rate(fake_clock: FakeClock) -> None:

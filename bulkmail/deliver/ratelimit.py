@@ -36,6 +36,11 @@ class RateLimiter(Protocol):
         """Wait for permission to start one mail; return the seconds waited."""
         ...
 
+    def ready(self) -> bool:
+        """Whether `acquire` would return at once if called now. Taking nothing, it lets
+        a caller get the next mail ready ahead of its start without moving the start."""
+        ...
+
 
 class TokenBucket:
     """At most ``per_second`` acquisitions a second on average, ``burst`` back to back.
@@ -87,6 +92,11 @@ class TokenBucket:
         self._next_due = max(self._next_due, now) + self._interval
         return now - start
 
+    def ready(self) -> bool:
+        """Whether a token is there now. One sender uses the bucket, so one that is there
+        is still there at its `acquire`, however much later that comes."""
+        return self._earliest_start() - self._clock() <= _TOLERANCE
+
     def _earliest_start(self) -> float:
         return self._next_due - (self.burst - 1) * self._interval
 
@@ -100,6 +110,10 @@ class NoLimit:
     def acquire(self) -> float:
         """Return at once: no limit."""
         return 0.0
+
+    def ready(self) -> bool:
+        """Always: no limit."""
+        return True
 
 
 def limiter_for(
