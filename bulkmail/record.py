@@ -10,7 +10,8 @@ The journal's rules, which the resume guarantees rest on:
 
 - a mail is marked ``sending``, and the mark committed and synced, before it is handed
   over (`Recorder.mark`); the content's fingerprint is committed with the run's first mark;
-- accepted and refused mails get their outcome, committed with the next mark;
+- accepted and refused mails get their outcome, committed with the next mark (made, as
+  a rule, while the server reads the next mail: see `send._Upcoming`);
 - an uncertain mail stays ``sending``: the next run reports it and does not resend it;
 - a cancelled or stopped mail was never handed over: its mark is undone (`unmark`) to the
   status it had, and the run ends;

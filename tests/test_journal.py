@@ -227,7 +227,7 @@ def test_rollback_forgets_a_plan_that_failed_its_check(path: Path) -> None:
         assert journal.summary().total == 0
 
 
-# --- commits: at most one recipient in doubt -------------------------------------------------
+# --- commits: an outcome goes with the next mark ---------------------------------------------
 
 
 def test_outcome_is_committed_together_with_the_next_sending_mark(path: Path) -> None:

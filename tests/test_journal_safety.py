@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from builders import CampaignDir, people, smtp_settings
@@ -77,34 +78,52 @@ def test_every_commit_is_synced_to_disk(tmp_path: Path) -> None:
 
 
 class PeekingTransport(SMTPTransport):
-    """The real SMTP transport, which reads the journal from a connection of its own once
-    the run lets the mail go (``before_data`` returned), before DATA."""
+    """The real SMTP transport, which reads the journal from a connection of its own just
+    before each DATA (once the run let the mail go: ``before_data`` returned, for a mail
+    not marked ahead) and while the server reads each mail (``after_data``)."""
 
     def __init__(self, journal: Path, inbox: Inbox, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.journal = journal
         self.inbox = inbox
         self.seen: list[dict[str, str]] = []
+        self.seen_after: list[dict[str, str]] = []
         self.received_before: list[int] = []
 
-    def send(self, mail: OutgoingMail, *, before_data: Callable[[], None] | None = None) -> str:
+    def _read(self) -> dict[str, str]:
+        with sqlite3.connect(self.journal) as db:
+            seen = dict(db.execute("SELECT email, status FROM recipients"))
+        db.close()
+        return seen
+
+    def send(
+        self,
+        mail: OutgoingMail,
+        *,
+        before_data: Callable[[], None] | None = None,
+        after_data: Callable[[], None] | None = None,
+    ) -> str:
         def peek() -> None:
-            assert before_data is not None  # the run always gives one
-            before_data()
+            if before_data is not None:
+                before_data()
             self.received_before.append(len(self.inbox.messages))
-            with sqlite3.connect(self.journal) as db:
-                self.seen.append(dict(db.execute("SELECT email, status FROM recipients")))
-            db.close()
+            self.seen.append(self._read())
 
-        return super().send(mail, before_data=peek)
+        def after() -> None:
+            if after_data is not None:
+                after_data()
+            self.seen_after.append(self._read())
+
+        return super().send(mail, before_data=peek, after_data=after)
 
 
-def test_mark_and_the_previous_outcome_are_committed_before_the_mail_is_handed_over(
+def test_each_mark_is_committed_before_its_mail_is_handed_over(
     tmp_path: Path, smtpd: Server, tls: TLSPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The mark's commit may overlap MAIL FROM and RCPT TO, but it is on disk (seen from
-    another connection) before DATA, with the outcome of the mail before: even when the
-    disk takes longer than the commands (a slow disk, here a commit that waits first)."""
+    """Every mark is on disk (seen from another connection) before its DATA, even when
+    the disk takes longer than anything else (here a commit that waits first). The first
+    mark's commit overlaps MAIL FROM and RCPT TO; each later one is made while the server
+    reads the mail before, with the outcome of the mail before that."""
     import bulkmail.journal.sqlite as journal_module
 
     commit = journal_module._commit
@@ -124,19 +143,102 @@ def test_mark_and_the_previous_outcome_are_committed_before_the_mail_is_handed_o
     report = send_campaign(c.yaml_path, transport=transport)
 
     assert report.accepted == 4
-    assert len(transport.seen) == 4
     assert transport.received_before == [0, 1, 2, 3]  # each peek came before that DATA
     addresses = [f"reader{i}@example.com" for i in range(4)]
-    for n, seen in enumerate(transport.seen):
-        expected = ["accepted"] * n + ["sending"] + ["pending"] * (3 - n)
-        assert [seen[a] for a in addresses] == expected
+    before = [[seen[a] for a in addresses] for seen in transport.seen]
+    assert before == [
+        ["sending", "pending", "pending", "pending"],
+        ["sending", "sending", "pending", "pending"],
+        ["accepted", "sending", "sending", "pending"],
+        ["accepted", "accepted", "sending", "sending"],
+    ]
+    # While the server read each mail, the next one was marked, committed.
+    after = [[seen[a] for a in addresses] for seen in transport.seen_after]
+    assert after == [
+        ["sending", "sending", "pending", "pending"],
+        ["accepted", "sending", "sending", "pending"],
+        ["accepted", "accepted", "sending", "sending"],
+        ["accepted", "accepted", "sending", "sending"],  # the last: nothing left to mark
+    ]
+    with sqlite3.connect(journal_of(c)) as db:
+        assert dict(db.execute("SELECT email, attempts FROM recipients")) == dict.fromkeys(
+            addresses, 1
+        )
+    db.close()
+
+
+@pytest.mark.parametrize(("burst", "ahead"), [(1, False), (4, True)], ids=["paced", "burst"])
+def test_a_mail_is_marked_ahead_only_if_its_rate_lets_it_start_at_once(
+    tmp_path: Path, smtpd: Server, tls: TLSPair, burst: int, ahead: bool
+) -> None:
+    """At 5 mails a second one at a time, the next mail cannot start while the server
+    reads one: it is marked when its turn comes, not ahead (which would leave it in doubt
+    for a crash during the wait). With a burst of 4, all four may start at once."""
+    c = CampaignDir(tmp_path)
+    c.csv(people(4))
+    c.write(smtp=smtp_settings(smtpd, tls), rate={"per_second": 5, "burst": burst})
+    transport = PeekingTransport(
+        journal_of(c), smtpd.inbox, smtpd.settings(), password=PASSWORD, ssl_context=tls.client
+    )
+
+    report = send_campaign(c.yaml_path, transport=transport)
+
+    assert report.accepted == 4
+    addresses = [f"reader{i}@example.com" for i in range(4)]
+    after = transport.seen_after[:3]  # (while the server read the last, nothing was left)
+    next_marked = [seen[a] == "sending" for seen, a in zip(after, addresses[1:], strict=True)]
+    assert next_marked == [ahead] * 3
+
+
+def test_a_mail_marked_ahead_is_unmarked_when_the_run_ends_before_it(
+    tmp_path: Path, smtpd: Server, tls: TLSPair
+) -> None:
+    """The third mail is deferred (451) at the end of its data, when the fourth is marked
+    already; a stop cuts the wait before its retry short. Neither went: both are pending
+    again, nobody is left in doubt."""
+    inbox = smtpd.inbox
+    original = inbox.handle_DATA
+    answered = []
+
+    async def defer_the_third(server: Any, session: Any, envelope: Any) -> str:
+        answered.append(1)
+        if len(answered) == 3:
+            return Inbox.DEFER_REPLY
+        return await original(server, session, envelope)
+
+    inbox.handle_DATA = defer_the_third  # type: ignore[method-assign]
+    c = CampaignDir(tmp_path)
+    c.csv(people(6))
+    c.write(smtp=smtp_settings(smtpd, tls))
+    transport = PeekingTransport(
+        journal_of(c),
+        inbox,
+        smtpd.settings(),
+        password=PASSWORD,
+        ssl_context=tls.client,
+        sleep=lambda seconds: True,  # as a stop during the wait: the mail is given up
+    )
+
+    report = send_campaign(c.yaml_path, transport=transport)
+
+    assert report.interrupted
+    assert report.accepted == 2
+    assert transport.seen_after[2]["reader3@example.com"] == "sending"  # marked ahead
+    with sqlite3.connect(journal_of(c)) as db:
+        statuses = dict(db.execute("SELECT email, status FROM recipients"))
+    db.close()
+    assert [statuses[f"reader{i}@example.com"] for i in range(6)] == (
+        ["accepted"] * 2 + ["pending"] * 4
+    )
+    assert inbox.recipients == ["reader0@example.com", "reader1@example.com"]
 
 
 def test_a_mark_that_does_not_reach_the_disk_keeps_its_mail_from_going(
     tmp_path: Path, smtpd: Server, tls: TLSPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The third mark's commit fails (the disk, while MAIL FROM and RCPT TO went on): that
-    mail is never handed over, and the run stops with the journal's error."""
+    """The third mark's commit fails (the disk, while the server read the second mail):
+    that mail is never handed over, and the run stops with the journal's error once the
+    second mail's outcome is in."""
     import bulkmail.journal.sqlite as journal_module
 
     commit = journal_module._commit
@@ -156,6 +258,16 @@ def test_a_mark_that_does_not_reach_the_disk_keeps_its_mail_from_going(
         send_campaign(c.yaml_path, transport=transport(smtpd, tls))
     assert "test-campaign.sqlite" in str(caught.value)
     assert smtpd.inbox.recipients == ["reader0@example.com", "reader1@example.com"]
+    with sqlite3.connect(journal_of(c)) as db:
+        statuses = dict(db.execute("SELECT email, status FROM recipients"))
+    db.close()
+    assert statuses == {
+        "reader0@example.com": "accepted",
+        "reader1@example.com": "accepted",  # its reply came after the failed commit
+        "reader2@example.com": "pending",  # never handed over: not left in doubt
+        "reader3@example.com": "pending",
+        "reader4@example.com": "pending",
+    }
 
 
 # --- 2. a journal that cannot be trusted is never read as "nobody was mailed" ---------------------

@@ -284,7 +284,9 @@ def test_four_senders_mail_everyone_once_though_one_is_killed_twice(
 ) -> None:
     """2,000 rows, four `bulkmail run` at once; twice a random one is killed (SIGKILL) at a
     random moment and another started in its place. In the end every row was mailed exactly
-    once, but for at most one uncertain row per kill (mailed once or not at all)."""
+    once, but for at most two uncertain rows per kill (mailed once or not at all): the
+    row in flight, and the one marked ahead while the server read it, or the one before
+    (paced, a sender marks ahead only when a reply is slower than its rate's interval)."""
     shared.csv(people(2000))
     # Paced, so that the run lasts long enough to be cut in the middle (4 x 150/s).
     shared.write(rate={"per_second": 150})
@@ -313,7 +315,7 @@ def test_four_senders_mail_everyone_once_though_one_is_killed_twice(
 
     status = rows(shared)
     uncertain = [email for email, s in status.items() if s is Status.SENDING]
-    assert len(uncertain) <= killed
+    assert len(uncertain) <= 2 * killed
     assert all(s is Status.ACCEPTED for e, s in status.items() if e not in uncertain)
     counts = received(smtpd)
     assert max(counts.values()) == 1, "somebody was mailed twice"

@@ -79,18 +79,24 @@ Outcome = Accepted | Refused | Uncertain | Cancelled | Stopped
 
 
 def send_one(
-    transport: Transport, mail: OutgoingMail, *, before_data: Callable[[], None] | None = None
+    transport: Transport,
+    mail: OutgoingMail,
+    *,
+    before_data: Callable[[], None] | None = None,
+    after_data: Callable[[], None] | None = None,
 ) -> Outcome:
     """Hand ``mail`` to ``transport`` and say what became of it.
 
     ``before_data`` must return before the mail is handed over (the journal's mark made
     durable): a transport that can (`takes_before_data`) calls it just before DATA, so
     the wait overlaps the commands before; any other is given the mail only after it.
+    ``after_data``: called, by a transport that can, once the mail is handed over and
+    before the server's reply to it is read (see `send_through`).
     Only the transport is touched. KeyboardInterrupt goes through: the mail's fate is then
     unknown, and the caller leaves it in doubt.
     """
     try:
-        reply = send_through(transport, mail, before_data)
+        reply = send_through(transport, mail, before_data, after_data)
     except RecipientRefused as exc:
         return Refused(exc.code, exc.reply, exc.permanent, str(exc))
     except SendCancelled as exc:

@@ -322,12 +322,26 @@ class SMTPTransport(Opened):
         """`send` calls its ``before_data`` itself, just before DATA."""
         return True
 
-    def send(self, mail: OutgoingMail, *, before_data: Callable[[], None] | None = None) -> str:
+    def takes_after_data(self) -> bool:
+        """`send` calls its ``after_data`` while the server reads the mail."""
+        return True
+
+    def send(
+        self,
+        mail: OutgoingMail,
+        *,
+        before_data: Callable[[], None] | None = None,
+        after_data: Callable[[], None] | None = None,
+    ) -> str:
         """Deliver ``mail`` to its one recipient; return the server's 2xx reply.
 
         ``before_data`` is called once MAIL FROM and RCPT TO are accepted, before DATA:
         the mail is handed over only after it returns (an exception from it leaves the
         mail unsent, and the next transaction starts with RSET).
+        ``after_data`` is called once the mail's content is sent, before the server's
+        reply to it is read (on each attempt that gets that far): work done there
+        overlaps the server's, which is mostly spent on the content. An exception from
+        it leaves this mail in doubt.
         Raises RecipientRefused for this recipient only; DeliveryUncertain if the outcome
         cannot be known; SendCancelled if a stop cut a wait short (the mail was not sent);
         ConnectError, TLSError or AuthError when the batch must stop.
@@ -338,7 +352,7 @@ class SMTPTransport(Opened):
         while True:
             smtp = self._ready_connection()
             try:
-                reply = self._transaction(smtp, mail, payload, refused, before_data)
+                reply = self._transaction(smtp, mail, payload, refused, before_data, after_data)
             except DeliveryUncertain:
                 self._discard_connection()
                 raise
@@ -548,6 +562,7 @@ class SMTPTransport(Opened):
         payload: bytes,
         refused: list[str],
         before_data: Callable[[], None] | None = None,
+        after_data: Callable[[], None] | None = None,
     ) -> _Reply:
         """MAIL, RCPT, DATA for one mail. Raises _Dropped when the mail can safely be resent."""
         options = self._mail_options(smtp, mail)
@@ -558,7 +573,7 @@ class SMTPTransport(Opened):
             self._needs_rset = False
         self._sent_on_connection += 1
         self._needs_rset = True  # until the server accepts this mail
-        reply = self._exchange(smtp, mail, options, payload, refused, before_data)
+        reply = self._exchange(smtp, mail, options, payload, refused, before_data, after_data)
         self._check(reply)
         self._needs_rset = not reply.accepted
         return reply
@@ -571,12 +586,13 @@ class SMTPTransport(Opened):
         payload: bytes,
         refused: list[str],
         before_data: Callable[[], None] | None = None,
+        after_data: Callable[[], None] | None = None,
     ) -> _Reply:
         """MAIL FROM, RCPT TO the row's recipient then each copy, ``before_data``, DATA. A
         refused copy is noted in ``refused`` and the mail still goes to the others."""
         refused.clear()
         if smtp.has_extn("pipelining"):
-            return self._pipelined(smtp, mail, options, payload, refused, before_data)
+            return self._pipelined(smtp, mail, options, payload, refused, before_data, after_data)
         reply = self._command("MAIL FROM", lambda: smtp.mail(mail.sender, options))
         if not reply.accepted:
             return reply
@@ -593,7 +609,7 @@ class SMTPTransport(Opened):
         reply = self._command("DATA", lambda: smtp.docmd("DATA"))
         if reply.code != 354:
             return reply
-        return self._content(smtp, mail, payload)
+        return self._content(smtp, mail, payload, after_data)
 
     def _pipelined(
         self,
@@ -603,6 +619,7 @@ class SMTPTransport(Opened):
         payload: bytes,
         refused: list[str],
         before_data: Callable[[], None] | None,
+        after_data: Callable[[], None] | None = None,
     ) -> _Reply:
         """The same transaction with PIPELINING (RFC 2920), which the server offered: MAIL
         FROM, RCPT TO and DATA go in one write and their replies are read in order: two
@@ -651,7 +668,7 @@ class SMTPTransport(Opened):
             except BaseException:
                 self._discard_connection()  # in the middle of DATA: only hanging up ends it
                 raise
-        return self._content(smtp, mail, payload)
+        return self._content(smtp, mail, payload, after_data)
 
     def _reply(self, command: str, smtp: smtplib.SMTP) -> _Reply:
         """The next reply, to ``command`` sent ahead; a 421 ends the connection."""
@@ -659,8 +676,15 @@ class SMTPTransport(Opened):
         self._check(reply)
         return reply
 
-    def _content(self, smtp: smtplib.SMTP, mail: OutgoingMail, payload: bytes) -> _Reply:
-        """The mail itself, once DATA was answered 354, and the server's final reply."""
+    def _content(
+        self,
+        smtp: smtplib.SMTP,
+        mail: OutgoingMail,
+        payload: bytes,
+        after_data: Callable[[], None] | None = None,
+    ) -> _Reply:
+        """The mail itself, once DATA was answered 354, and the server's final reply;
+        ``after_data`` runs in between, while the server reads the mail."""
         # smtplib's data() sends and reads the reply in one call; they are separate here
         # because a drop while sending means "not delivered" but a drop while waiting for
         # the reply means "maybe delivered".
@@ -670,6 +694,8 @@ class SMTPTransport(Opened):
             if _timed_out(exc):
                 raise _Dropped(f"the server took no data for {self._wait_text}") from exc
             raise _Dropped(self._lost(exc, "DATA")) from exc
+        if after_data is not None:
+            after_data()
         try:
             return _Reply.of("end of data", smtp.getreply())
         except smtplib.SMTPServerDisconnected as exc:

@@ -47,11 +47,41 @@ class GatedTransport(Transport, Protocol):
         ...
 
 
+@runtime_checkable
+class OverlappingTransport(GatedTransport, Protocol):
+    """A gated transport that also calls ``after_data`` once a mail is handed over,
+    while the server reads it: the caller's work there overlaps the server's."""
+
+    def send(
+        self,
+        mail: OutgoingMail,
+        *,
+        before_data: Callable[[], None] | None = None,
+        after_data: Callable[[], None] | None = None,
+    ) -> str:
+        """Deliver one mail, calling ``before_data`` before its data and ``after_data``
+        after it, before the server's reply."""
+        ...
+
+    def takes_after_data(self) -> bool:
+        """Marks the transports that call ``after_data``."""
+        ...
+
+
 def send_through(
-    transport: Transport, mail: OutgoingMail, before_data: Callable[[], None] | None = None
+    transport: Transport,
+    mail: OutgoingMail,
+    before_data: Callable[[], None] | None = None,
+    after_data: Callable[[], None] | None = None,
 ) -> str:
     """``transport.send(mail)``, with ``before_data`` returning before the mail is handed
-    over: called by the transport just before DATA if it can, else before the send."""
+    over: called by the transport just before DATA if it can, else before the send.
+    ``after_data``, an optional head start on later work, is called only by a transport
+    that can, while the server reads the mail."""
+    if after_data is not None and _overlapping(type(transport)):
+        return cast(OverlappingTransport, transport).send(
+            mail, before_data=before_data, after_data=after_data
+        )
     if before_data is None:
         return transport.send(mail)
     if _gated(type(transport)):
@@ -65,3 +95,9 @@ def _gated(kind: type) -> bool:
     """Whether transports of this class are `GatedTransport`s: once per class, since a
     protocol check looks at every member (~15 µs, for every mail)."""
     return issubclass(kind, GatedTransport)
+
+
+@functools.cache
+def _overlapping(kind: type) -> bool:
+    """Whether transports of this class are `OverlappingTransport`s (once per class)."""
+    return issubclass(kind, OverlappingTransport)

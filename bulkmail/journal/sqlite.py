@@ -3,9 +3,10 @@
 One file per campaign, ``<campaign folder>/.bulkmail/<name>.sqlite``, in WAL mode with
 ``synchronous=FULL``: every commit is synced to disk before it returns. A recipient is
 marked ``sending`` and committed before the message is handed to the server, and its
-outcome is committed together with the next mail's mark (one commit, one sync, per mail;
-`flush` commits the last one), so a crash or a power cut leaves at most one recipient in
-doubt.
+outcome is committed together with the next mark (one commit, one sync, per mail;
+`flush` commits the last one). A send marks each mail while the server reads the one
+before (`bulkmail.send._Upcoming`), so a crash or a power cut leaves at most two
+neighbouring recipients in doubt.
 
 The journal is the only record of who was mailed, so a file that cannot be trusted is
 refused (`JournalError`, exit 4) and never read as "nobody was mailed": an empty file,
@@ -479,7 +480,7 @@ class Journal(Opened):
             (message_id, envelope_from, now, now, recipient.key),
         )
         if durable:
-            self._conn.execute("COMMIT")
+            _commit(self._conn)
             return True
         if self._committer is None:
             self._committer = concurrent.futures.ThreadPoolExecutor(
