@@ -408,6 +408,34 @@ def test_a_stop_during_a_relays_wait_gives_the_mail_up_unsent(
     assert recipients(a) == [make_mail(0).recipient.email]
 
 
+def test_the_next_mail_is_got_ready_only_if_any_relay_could_start_it_at_once(
+    make_server: ServerFactory, tls: TLSPair
+) -> None:
+    """``after_data`` (the run marks the next mail there) is called while a relay's server
+    reads a mail, but only when every live relay's rate would let the next one start
+    then: whichever relay it goes to, it must not wait once marked."""
+    a, b = make_server("ssl"), make_server("ssl")
+    calls: list[int] = []
+
+    def after_data() -> None:
+        calls.append(1)
+
+    unpaced = relay_pool([settings(a, tls), settings(b, tls)], [PASSWORD, PASSWORD])
+    with unpaced:
+        for i in range(4):
+            unpaced.send(make_mail(i), after_data=after_data)
+    assert len(calls) == 4
+
+    calls.clear()
+    paced = settings(a, tls, rate=Rate(per_second=0.5))  # its next mail waits two seconds
+    pool = relay_pool([paced, settings(b, tls)], [PASSWORD, PASSWORD])
+    with pool:
+        for i in range(4, 6):
+            pool.send(make_mail(i), after_data=after_data)
+    assert calls == []
+    assert len(a.inbox.messages) + len(b.inbox.messages) == 6
+
+
 class Scripted:
     """A Transport that fails as told, for what the servers cannot easily be made to do."""
 

@@ -21,6 +21,7 @@ What happens to a relay that fails decides what happens to the mail:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -142,9 +143,22 @@ class RelayPool(Opened):
         """`send` passes its ``before_data`` on to the relay's transport."""
         return True
 
-    def send(self, mail: OutgoingMail, *, before_data: Callable[[], None] | None = None) -> str:
+    def takes_after_data(self) -> bool:
+        """`send` passes its ``after_data`` on, when the next mail could start at once."""
+        return True
+
+    def send(
+        self,
+        mail: OutgoingMail,
+        *,
+        before_data: Callable[[], None] | None = None,
+        after_data: Callable[[], None] | None = None,
+    ) -> str:
         """Send ``mail`` through the next relay by weight, after that relay's own wait;
         return the reply of the relay that took it. ``before_data``: as for one relay.
+        ``after_data``: called while the relay's server reads the mail, if every live
+        relay's rate would let the next mail start then (whichever relay it goes to):
+        the caller uses it to get the next mail ready, which must not then wait.
 
         A relay that fails without having taken the mail is set aside and the mail goes
         to the next one. Raises RecipientRefused, DeliveryUncertain and SendCancelled as
@@ -159,7 +173,12 @@ class RelayPool(Opened):
                     f" for {relay.name}'s rate"
                 )
             try:
-                reply = send_through(relay.transport, mail, before_data)
+                reply = send_through(
+                    relay.transport,
+                    mail,
+                    before_data,
+                    None if after_data is None else functools.partial(self._if_ready, after_data),
+                )
             except _ABOUT_THE_MAIL:
                 raise
             except DeliveryError as exc:  # never handed over: the relay itself is the trouble
@@ -177,6 +196,10 @@ class RelayPool(Opened):
                 relay.transport.close()
             else:
                 _close_quietly(relay.transport)
+
+    def _if_ready(self, after_data: Callable[[], None]) -> None:
+        if all(relay.limiter.ready() for relay in self.live):
+            after_data()
 
     # -- choosing and setting aside -------------------------------------------------------
 
