@@ -213,6 +213,9 @@ def _show(report: CheckReport, title: str, as_json: bool) -> None:
         err.print(f"[yellow]warning[/]: {escape(warning)}")
 
 
+_REDRAW = 0.05  # seconds between two updates of the sending bar's counts
+
+
 class _Progress:
     """What a command is doing, on the terminal: a bar of the mails built ("checking",
     "writing previews"), then, once sending begins, of the mails sent, with the sent and
@@ -227,7 +230,7 @@ class _Progress:
         self.bar: rich.progress.Progress | None = None
         self.sending = False
         self.sent = self.failed = 0
-        self.started = 0.0
+        self.started = self.shown = 0.0
 
     def __enter__(self) -> _Progress:
         self._show(self.label)
@@ -244,7 +247,7 @@ class _Progress:
             self._note(f"warning: {event.detail}")
         elif self.sending and event.kind in ("sent", "failed", "uncertain"):
             self._count(event)
-        elif not self.sending and event.kind == "built" and self.bar is not None:
+        elif not self.sending and event.kind == "built" and self.bar is not None and self.enabled:
             self.bar.update(self.task, completed=event.done, total=event.total)
 
     def pause(self) -> None:
@@ -264,10 +267,17 @@ class _Progress:
             self.sent += 1
         else:
             self.failed += 1
+        if not self.enabled:
+            return  # no bar to show it in (rich would format it for nothing, every mail)
         if self.bar is None:
             self._show("sending")
         assert self.bar is not None
-        elapsed = time.monotonic() - self.started
+        now = time.monotonic()
+        last = event.total is not None and event.done >= event.total
+        if now - self.shown < _REDRAW and not last:
+            return  # the bar is redrawn ten times a second: a count a mail is wasted work
+        self.shown = now
+        elapsed = now - self.started
         rate = f" {(self.sent + self.failed) / elapsed:.1f}/s" if elapsed > 0 else ""
         counts = f"[green]{self.sent} sent[/] [red]{self.failed} failed[/]{rate}"
         self.bar.update(self.task, completed=event.done, total=event.total, counts=counts)
