@@ -107,6 +107,30 @@ def test_a_shared_journal_keeps_every_promise_of_the_file(
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
+def test_a_row_marked_ahead_in_a_shared_journal_is_given_back_by_a_stop(
+    shared: CampaignDir, smtpd: Server
+) -> None:
+    """Unpaced, the sixth row is marked while the server reads the fifth mail; a stop
+    then ends the run before it goes. It is pending again, not in doubt, and the next
+    sender mails it and the rest, each once."""
+    stop = threading.Event()
+
+    def stop_after_five(event: Event) -> None:
+        if event.kind == "sent" and event.done == 5:
+            stop.set()
+
+    report = send_campaign(
+        shared.yaml_path, confirm=lambda plan: True, stop=stop, on_event=stop_after_five
+    )
+    assert (report.interrupted, report.accepted) == (True, 5)
+    status = rows(shared)
+    assert [e for e, s in status.items() if s is Status.SENDING] == []
+    assert status["reader5@example.com"] is Status.PENDING
+    again = send_campaign(shared.yaml_path, confirm=lambda plan: True)
+    assert again.accepted == 35
+    assert sorted(received(smtpd).values()) == [1] * 40
+
+
 def test_a_later_sender_of_the_same_version_does_not_check_again(shared: CampaignDir) -> None:
     first: list[Event] = []
     send_campaign(shared.yaml_path, confirm=lambda plan: True, limit=10, on_event=first.append)
