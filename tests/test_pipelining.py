@@ -96,3 +96,35 @@ def test_a_failing_mark_after_data_was_answered_hangs_up_with_nothing_delivered(
 
     assert [m.rcpt_tos for m in offering.inbox.messages] == [("reader2@example.org",)]
     assert len(offering.inbox.connections) == 2
+
+
+@pytest.mark.both_ways
+def test_work_done_while_the_server_reads_the_mail_is_done_once_and_a_failure_hangs_up(
+    smtpd: Server, tls: TLSPair
+) -> None:
+    """``after_data`` runs once the content is sent, before the reply is read: the server
+    has the mail by then. If it raises, the reply is never read (the mail is in doubt)
+    and the connection is dropped, so the next mail starts on a new one."""
+    seen: list[int] = []
+
+    def after_data() -> None:
+        seen.append(len(smtpd.inbox.messages))
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with transport(smtpd, tls) as smtp:
+        smtp.send(make_mail(1), after_data=after_data)
+        with pytest.raises(KeyboardInterrupt):
+            smtp.send(make_mail(2), after_data=interrupted)
+        smtp.send(make_mail(3))
+
+    assert len(seen) == 1  # called once
+    # (the second mail's content was all sent: the server has it, unless it saw the
+    # connection go first; either way it was not acknowledged)
+    got = [m.rcpt_tos[0] for m in smtpd.inbox.messages]
+    assert [r for r in got if r != "reader2@example.org"] == [
+        "reader1@example.org",
+        "reader3@example.org",
+    ]
+    assert len(smtpd.inbox.connections) == 2

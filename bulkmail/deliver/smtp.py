@@ -695,7 +695,11 @@ class SMTPTransport(Opened):
                 raise _Dropped(f"the server took no data for {self._wait_text}") from exc
             raise _Dropped(self._lost(exc, "DATA")) from exc
         if after_data is not None:
-            after_data()
+            try:
+                after_data()
+            except BaseException:
+                self._discard_connection()  # the reply is never read: the mail is in doubt
+                raise
         try:
             return _Reply.of("end of data", smtp.getreply())
         except smtplib.SMTPServerDisconnected as exc:
