@@ -9,11 +9,18 @@ package's ``__init__`` loads its exports lazily) so the window is Python's own s
 
 from __future__ import annotations
 
+import atexit
+import gc
 import sys
 
 
 def main() -> None:
     """Entry point of the ``bulkmail`` console script and of ``python -m bulkmail``."""
+    # As the process ends, the interpreter's last collection would walk every object the
+    # command made (50-90 ms after a run, a sixth of a short command's time) only to free
+    # memory the exit frees anyway. Files and journals are closed by their with-blocks,
+    # and atexit handlers registered later (multiprocessing's) run before this one.
+    atexit.register(gc.freeze)
     try:
         from bulkmail.cli import app
     except KeyboardInterrupt:
