@@ -70,6 +70,30 @@ def test_a_template_holding_the_marker_characters_is_inlined_whole(tmp_path: Pat
     assert Renderer.load(campaign).skeletons is None
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["\ue000Ann\ue001", "Ann\ue000", "\ue001Ann", "A\ue000n\ue001n \ue000x"],
+)
+def test_a_value_holding_the_marker_characters_comes_out_as_premailer_writes_it(
+    tmp_path: Path, name: str
+) -> None:
+    """Such a value can't be marked; in the marked rendering it would pass for marks of
+    its own, and the mail would lose its characters."""
+    c = CampaignDir(tmp_path)
+    c.template("issue.html", "<p>Dear {{ first_name }}, from {{ city }}</p>")
+    c.csv([{"email": f"u{i}@example.com", "first_name": name, "city": "Lyon"} for i in range(3)])
+    campaign = load_campaign(c.write())
+    fast, slow = Renderer.load(campaign), Renderer.load(campaign, fast=False)
+    assert fast.skeletons is not None
+    fast.skeletons._check = 0  # no safety net: the fast path alone must be exact
+    for recipient in iter_recipients(campaign.recipients):
+        assert isinstance(recipient, Recipient)
+        got = fast.render(recipient)
+        assert got.html == slow.render(recipient).html
+        assert name in got.html
+        assert name in got.text
+
+
 def test_values_in_attributes_that_selectors_read_stay_in_the_skeleton(tmp_path: Path) -> None:
     c = CampaignDir(tmp_path)
     c.template(

@@ -180,3 +180,19 @@ def test_values_written_without_a_parse_are_what_lxml_writes(value: str) -> None
         shown = _shown(place, value)
         assert shown is None or shown == _read(place, value), place
     assert _attribute_value(value) == _attribute_value_parsed(value)
+
+
+@given(st.lists(st.text(st.sampled_from(["a", " ", "<", "&"]), max_size=6), max_size=8))
+def test_a_marked_rendering_splits_into_its_values_and_back(chunks: list[str]) -> None:
+    """Every other chunk a value, marked unless blank (`finalize`): the split gives back
+    each marked value whole, and the literal text between them as it was."""
+    marked = "".join(
+        f"{OPEN}{chunk}{CLOSE}" if i % 2 and chunk.strip() else chunk
+        for i, chunk in enumerate(chunks)
+    )
+    doc = Slotted.split(marked)
+    assert list(doc.values) == [c for i, c in enumerate(chunks) if i % 2 and c.strip()]
+    rebuilt = [doc.literals[0]]
+    for value, literal in zip(doc.values, doc.literals[1:], strict=True):
+        rebuilt += (OPEN, value, CLOSE, literal)
+    assert "".join(rebuilt) == marked

@@ -16,7 +16,7 @@ from markupsafe import Markup
 
 from bulkmail.compose.attachments import check_filename, locate
 from bulkmail.compose.inline import Inliner, PremailerInliner
-from bulkmail.compose.skeleton import MARKERS, SkeletonInliner, Slotted, finalize
+from bulkmail.compose.skeleton import MARKERS, SkeletonInliner, Slotted, Unmarkable, finalize
 from bulkmail.compose.textpart import html_to_text
 from bulkmail.errors import Location, TemplateError, display_path
 from bulkmail.models import AttachmentSpec, Campaign, Recipient, RenderedMail
@@ -291,8 +291,12 @@ class Renderer:
         if self.templates.html is None:
             return "", ""
         if self.skeletons is not None and self.templates.html_marked is not None:
-            marked = self._render(self.templates.html_marked, context, row)
-            return self.skeletons(Slotted.split(marked))
+            try:
+                marked = self._render(self.templates.html_marked, context, row)
+            except Unmarkable:  # a value holds a marker character: inlined whole below
+                self.skeletons.stats.slow += 1
+            else:
+                return self.skeletons(Slotted.split(marked))
         html = self._inliner(self._render(self.templates.html, context, row))
         return html, html_to_text(html) if self.templates.text is None else ""
 
@@ -323,6 +327,8 @@ class Renderer:
     def _render(self, compiled: Compiled, context: dict[str, Any], row: Location) -> str:
         try:
             return compiled.template.render(context)
+        except Unmarkable:
+            raise
         except Exception as exc:  # a template error, or a filter or test raised on this row
             raise self._error(exc, row, compiled) from None
 

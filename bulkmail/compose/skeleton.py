@@ -53,11 +53,11 @@ from markupsafe import Markup
 
 from bulkmail.compose.links import joined
 
-# Wrap each personal value in the marked rendering. Private-use characters: a template or
-# value that contains them is not split (see Renderer), so they can never be confused.
+# Wrap each personal value in the marked rendering. Private-use characters: a template
+# holding them is never marked (see Renderer), and a recipient whose values hold them is
+# inlined whole (`Unmarkable`), so every marker in a marked rendering is a mark.
 OPEN, CLOSE = "\ue000", "\ue001"
 MARKERS = frozenset(OPEN + CLOSE)
-_MARKED = re.compile(f"{OPEN}(.*?){CLOSE}", re.DOTALL)
 
 # Characters a parser may drop or normalise, so that a value holding them could serialise
 # differently in the real document than on its own.
@@ -80,12 +80,21 @@ _OPEN_REFERENCE = re.compile(r"&#?[A-Za-z0-9]*\Z")
 _LINK_ATTRIBUTES = ("href", "src")  # what premailer joins to the base URL
 
 
+class Unmarkable(Exception):
+    """A value holds a marker character, so the marked rendering could not tell it from
+    marks: the recipient's document is rendered and inlined whole instead."""
+
+
 def finalize(value: object) -> object:
     """Jinja ``finalize`` hook for the marked rendering: wrap each personal value."""
     if isinstance(value, Markup):
+        if not MARKERS.isdisjoint(value):
+            raise Unmarkable
         return value  # markup from |safe is structure: it stays in the skeleton
     text = str(value)
-    if not text.strip() or not MARKERS.isdisjoint(text):
+    if not MARKERS.isdisjoint(text):
+        raise Unmarkable
+    if not text.strip():
         return text  # blank values shape the document (empty elements); see module doc
     return f"{OPEN}{text}{CLOSE}"
 
@@ -99,8 +108,16 @@ class Slotted:
 
     @classmethod
     def split(cls, marked: str) -> Slotted:
-        parts = _MARKED.split(marked)
-        return cls(tuple(parts[0::2]), tuple(parts[1::2]))
+        # String splits: twice as fast as a regular expression on a 10 KB page. Every
+        # marker is a mark: neither templates (Renderer) nor values (`finalize`) hold one.
+        first, *rest = marked.split(OPEN)
+        values = []
+        literals = [first]
+        for piece in rest:
+            value, _, literal = piece.partition(CLOSE)
+            values.append(value)
+            literals.append(literal)
+        return cls(tuple(literals), tuple(values))
 
     def document(self) -> str:
         """The real document: exactly what rendering without marks gives."""
