@@ -6,19 +6,28 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from builders import CampaignDir
 
 from bulkmail.build import Builder
 from bulkmail.compose import workers as workers_module
-from bulkmail.compose.workers import WARM_UP, Built, MailFactory, build_in_order
+from bulkmail.compose.workers import (
+    BATCH,
+    COUNTING_BATCH,
+    WARM_UP,
+    Built,
+    MailFactory,
+    build_in_order,
+)
 from bulkmail.deliverability import sampled
 from bulkmail.errors import PreflightError
 from bulkmail.load.campaign import load_campaign
 from bulkmail.load.recipients import iter_recipients
-from bulkmail.models import Recipient
+from bulkmail.models import OutgoingMail, Recipient
 from bulkmail.pipeline import check_campaign, preview_campaign
 
 VARYING = re.compile(rb"^(Date|Message-ID): .*\r\n|=_bulkmail_[0-9a-f]+", re.MULTILINE)
@@ -176,3 +185,76 @@ def first_recipient(c: CampaignDir, n: int) -> Recipient:
     rows = iter_recipients(load_campaign(c.yaml_path).recipients)
     found = [row for row in rows if isinstance(row, Recipient)]
     return found[n]
+
+
+def task_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of mails in each task handed to the workers from now on."""
+    sizes: list[int] = []
+    real = workers_module._pool
+
+    def recording(workers: int, factory: MailFactory) -> ProcessPoolExecutor:
+        pool = real(workers, factory)
+        submit = pool.submit
+
+        def recorded(fn: Any, batch: list[Any], *args: Any) -> Any:
+            sizes.append(len(batch))
+            return submit(fn, batch, *args)
+
+        pool.submit = recorded  # type: ignore[method-assign]
+        return pool
+
+    monkeypatch.setattr(workers_module, "_pool", recording)
+    return sizes
+
+
+def built_with_bytes(c: CampaignDir, rows: int) -> None:
+    factory = MailFactory.load(load_campaign(c.yaml_path))
+    recipients = [r for r in iter_recipients(c.csv_path) if isinstance(r, Recipient)]
+    items = list(enumerate(recipients[:rows], start=1))
+    mails = [built for _, built in build_in_order(factory, items, workers=2, content=True)]
+    assert all(isinstance(mail, OutgoingMail) and mail.data for mail in mails)
+
+
+def test_small_mails_go_to_the_workers_in_larger_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = CampaignDir(tmp_path)
+    c.csv(people(300))
+    c.write()
+    sizes = task_sizes(monkeypatch)
+    built_with_bytes(c, 300)
+    assert sizes[0] == COUNTING_BATCH
+    assert sum(sizes) == 300 - WARM_UP
+
+
+@pytest.mark.parametrize("per_recipient", [False, True])
+def test_large_mails_and_attachments_chosen_per_recipient_keep_tasks_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_recipient: bool
+) -> None:
+    c = CampaignDir(tmp_path)
+    c.csv(people(100))
+    if per_recipient:  # small files: their sizes could still differ from row to row
+        for i in range(100):
+            c.file(f"files/p{i}.txt", f"note {i}\n")
+        c.write(attachments=["files/{{ first_name | lower }}.txt"])
+    else:
+        c.file("files/report.bin", os.urandom(200_000))
+        c.write(attachments=["files/report.bin"])
+    sizes = task_sizes(monkeypatch)
+    built_with_bytes(c, 100)
+    assert max(sizes) == BATCH
+
+
+def test_tasks_shrink_once_larger_mails_come_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = CampaignDir(tmp_path)
+    rows = people(600)
+    for row in rows[200:]:
+        row["first_name"] = "x" * 100_000  # ~100 KB more in each mail from row 201 on
+    c.csv(rows)
+    c.write()
+    sizes = task_sizes(monkeypatch)
+    built_with_bytes(c, 600)
+    assert sizes[0] == COUNTING_BATCH
+    assert sizes[-2] == BATCH  # (the last may be the rest)
