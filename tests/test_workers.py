@@ -200,7 +200,7 @@ def task_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             sizes.append(len(batch))
             return submit(fn, batch, *args)
 
-        pool.submit = recorded  # type: ignore[method-assign]
+        pool.submit = recorded  # type: ignore[method-assign, assignment]
         return pool
 
     monkeypatch.setattr(workers_module, "_pool", recording)
