@@ -7,6 +7,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 
+import jinja2
 import lxml.html
 import pytest
 from builders import CSV_ROWS, CampaignDir
@@ -377,6 +378,84 @@ def test_campaign_data_fills_variables_the_csv_lacks(tmp_path: Path) -> None:
 
     assert alice.subject == "Alice, the June issue"
     assert "Month: June." in alice.html
+
+
+GLOBALS_HTML = """<html><head><style>p { color: #333; }</style></head><body>
+{% set ns = namespace(total=0) %}
+{% for i in range(3) %}{% set ns.total = ns.total + i %}{% endfor %}
+{% set row = cycler("odd", "even") %}
+<p class="{{ row.next() }}">Hello {{ first_name }}, total {{ ns.total }}</p>
+<p class="{{ row.next() }}">{{ dict(a=1) | length }} {{ joiner(",")() }}end</p>
+</body></html>
+"""
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_jinja_globals_are_there_in_every_template(
+    tmp_path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each recipient's context carries Jinja's globals (range, namespace, cycler...) once
+    # for all its templates: the HTML (marked for the skeleton cache or not), the text
+    # template and the one-line settings. Each renders once, in the shared context:
+    # Jinja's own `render` is only there to report an error.
+    campaign = CampaignDir(tmp_path)
+    campaign.template("issue.html", GLOBALS_HTML)
+    campaign.template("issue.txt", "{% for i in range(2) %}{{ i }}{% endfor %} {{ first_name }}\n")
+    campaign.write(
+        text_template="../templates/issue.txt",
+        subject="{{ first_name }} {% for i in range(3) %}{{ i }}{% endfor %}",
+    )
+    renderer = Renderer.load(load_campaign(campaign.yaml_path), fast=fast)
+    monkeypatch.setattr(jinja2.Template, "render", None)
+
+    alice, bob = (renderer.render(row) for row in recipients(campaign)[:2])
+
+    assert alice.subject == "Alice 012"
+    assert alice.text == "01 Alice\n"
+    assert bob.text == "01 Bob\n"
+    html = lxml.html.fromstring(bob.html)
+    (first, second) = html.xpath("//p")
+    assert (first.get("class"), first.text_content()) == ("odd", "Hello Bob, total 3")
+    assert (second.get("class"), second.text_content()) == ("even", "1 end")
+    assert "color:#333" in str(first.get("style")).replace(" ", "")
+
+
+def test_a_csv_column_named_like_a_jinja_global_wins(tmp_path: Path) -> None:
+    campaign = CampaignDir(tmp_path)
+    campaign.csv([{**CSV_ROWS[0], "range": "north"}])
+    campaign.template("issue.html", "<p>{{ range }} {{ first_name }}</p>\n")
+    campaign.write(subject="{{ range }} region")
+
+    (alice,) = render_all(campaign)
+
+    assert alice.subject == "north region"
+    assert "<p>north Alice</p>" in alice.html
+
+
+@pytest.mark.parametrize(
+    ("use", "error"),
+    [
+        ("{{ 10 // (first_name | length - 5) }}", "ZeroDivisionError: integer division"),
+        ("{{ articles.pop() }}", "access to attribute 'pop' of 'list' object is unsafe"),
+    ],
+)
+def test_an_error_raised_while_rendering_names_the_template_line(
+    tmp_path: Path, use: str, error: str
+) -> None:
+    # Raised by an operation on this row's value (Alice: 5 letters) or refused by the
+    # sandbox: the message names the template's line and the row, as for an undefined one.
+    campaign = CampaignDir(tmp_path)
+    campaign.template("issue.html", f"<html><body>\n<p>Hi</p>\n<p>{use}</p>\n</body></html>\n")
+    campaign.write(data={"month": "June", "articles": ["a", "b"]})
+    renderer = Renderer.load(load_campaign(campaign.yaml_path))
+
+    with pytest.raises(TemplateError) as caught:
+        renderer.render(recipients(campaign)[0])
+
+    message = str(caught.value)
+    assert error in message
+    assert "issue.html:3" in message
+    assert "list.csv:2" in message
 
 
 def test_unsubscribe_url_is_a_template_variable(tmp_path: Path) -> None:
