@@ -21,7 +21,7 @@ from builders import CampaignDir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bulkmail.compose import links
+from bulkmail.compose import links, skeleton
 from bulkmail.compose.inline import PremailerInliner
 from bulkmail.compose.links import INERT, joined, premailer_link
 from bulkmail.compose.render import Renderer
@@ -116,6 +116,54 @@ def test_per_recipient_links_with_a_base_url_take_the_fast_path() -> None:
     assert premailer.runs == 1 + 2  # the skeleton, then the first two uses checked
 
 
+def test_plain_values_go_into_a_links_template_without_a_join(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Values of letters, digits and the like go straight between the link's escaped
+    # template; others (a slash, a quote, an ampersand) are joined link by link. Both
+    # equal premailer's output (check=2 and assert_as_premailer check it).
+    template = """\
+<html><head><style>a { color: red; }</style></head><body>
+<p><a href="/members/{{ plan }}?city={{ city }}">Plan</a>
+<a href="https://example.com/u?a=1&amp;id={{ plan }}">Fixed ampersand</a></p>
+</body></html>
+"""
+    made: list[tuple[str, ...]] = []
+
+    def counting(link: object, values: tuple[str, ...], base_url: str) -> str:
+        made.append(values)
+        return made_link(link, values, base_url)
+
+    made_link = skeleton._made_link
+    monkeypatch.setattr(skeleton, "_made_link", counting)
+    premailer = PremailerInliner(base_url=BASES[0])
+    skeletons = SkeletonInliner(premailer, html_to_text, base_url=BASES[0])
+    marked = ENV.from_string(template)
+    rows = [
+        {"plan": "gold", "city": "Berlin"},
+        {"plan": "p%20x", "city": "a.b-c_d~e!f$g(h)i*j+k,l=m@n"},
+        {"plan": "a/b", "city": "Rome"},  # a slash: joined
+        {"plan": "silver", "city": "O'Brien"},  # a quote: the whole mail inlined afresh
+        {"plan": "x&y", "city": "Oslo"},  # an ampersand: escaped, joined
+        {"plan": "..", "city": "Lyon"},  # a dot segment: joined
+    ]
+    first, *_ = [skeletons(Slotted.split(marked.render(row)))[0] for row in rows]
+    assert 'href="https://example.com/members/gold?city=Berlin"' in first
+    assert skeletons.stats.slow == 1
+    # The second link's fixed part holds "&amp;": every value of it takes the join.
+    assert made == [
+        ("gold",),
+        ("p%20x",),
+        ("a/b", "Rome"),
+        ("a/b",),
+        ("x&amp;y", "Oslo"),
+        ("x&amp;y",),
+        ("..", "Lyon"),
+        ("..",),
+    ]
+    assert_as_premailer(template, rows, BASES[0])
+
+
 class CountingInliner:
     def __init__(self, base_url: str) -> None:
         self.premailer = PremailerInliner(base_url=base_url)
@@ -197,14 +245,15 @@ def test_any_values_in_links_match_premailer(parts: list[str], base: str | None)
 def test_raw_values_where_autoescape_is_off_match_premailer() -> None:
     template = (
         "<html><body>{% autoescape false %}<p>Hi {{ name }}in; {{ id }}</p>"
-        '<a href="{{ url }}" title="{{ id }}">x</a>{% endautoescape %}</body></html>'
+        '<a href="{{ url }}" title="{{ id }}">x</a> <a href="/p/{{ name }}">y</a>'
+        "{% endautoescape %}</body></html>"
     )
     rows = [
         {"name": name, "id": id_, "url": url}
         for name, id_, url in zip(
-            ["<b>bold", "a</p>b", "&lt", "x &amp", "<!--", "Ann"],
-            ["&not", "&#3", "&", "in;", "ok", "1"],
-            ["a<b", "/x?a=1&b", "&amp", "#x", "j>", "p"],
+            ["<b>bold", "a</p>b", "&lt", "x &amp", "<!--", "Ann", "O'Neil"],
+            ["&not", "&#3", "&", "in;", "ok", "1", "2"],
+            ["a<b", "/x?a=1&b", "&amp", "#x", "j>", "p", "q"],
             strict=True,
         )
     ]

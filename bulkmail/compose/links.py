@@ -22,16 +22,23 @@ mail by mail. So is a link any of whose values is not inert, except one already 
 form ``urljoin`` writes an absolute ``http(s)`` URL (`_WRITTEN_AS_JOINED`), which the
 join leaves as it is. tests/test_link_cache.py checks all of it against ``urljoin``
 itself, and against premailer on real documents.
+
+Values without ``&`` or ``'`` (`plain`, nearly all: a name, an id, an urlencoded address)
+need no escaping either: the skeleton cache puts them straight between the template's
+escaped pieces (`escaped_template`), with no per-recipient work but the check.
 """
 
 from __future__ import annotations
 
 import functools
+import html
 import re
 from collections.abc import Sequence
 from urllib.parse import urljoin
 
 INERT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,=@")
+# Of those, the ones the HTML parser reads as written and html.escape leaves alone.
+PLAIN = INERT - frozenset("&'")
 _KEPT = ("#", "tel:", "cid:")  # the starts premailer_link may keep a link by
 # An absolute http(s) URL as urljoin writes it back: lower-case scheme, an ASCII host
 # (and port), a path of inert characters, `/` and `:` with no dot segment, a non-empty
@@ -60,8 +67,8 @@ def joined(attribute: str, parts: Sequence[str], values: Sequence[str], base_url
     if all(map(_inert, values)):
         template = _template(attribute, tuple(parts), base_url)
         if template is not None:
-            return _between(template, values)
-    url = _between(parts, values)
+            return between(template, values)
+    url = between(parts, values)
     if _WRITTEN_AS_JOINED.match(url):
         return url
     return premailer_link(attribute, url, base_url)
@@ -69,6 +76,22 @@ def joined(attribute: str, parts: Sequence[str], values: Sequence[str], base_url
 
 def _inert(value: str) -> bool:
     return bool(value.strip(".")) and INERT.issuperset(value)
+
+
+def plain(value: str) -> bool:
+    """Whether ``value`` is inert and of `PLAIN` characters alone: the HTML parser reads
+    it as it is written and ``html.escape`` leaves it as it is."""
+    return bool(value.strip(".")) and PLAIN.issuperset(value)
+
+
+def escaped_template(
+    attribute: str, parts: tuple[str, ...], base_url: str
+) -> tuple[str, ...] | None:
+    """The link's template (see `joined`) escaped for an attribute, or None: with `plain`
+    values, ``between(escaped_template(...), values)`` is ``html.escape(joined(...))``
+    (escaping goes character by character, and leaves plain values alone)."""
+    template = _template(attribute, parts, base_url)
+    return None if template is None else tuple(html.escape(piece) for piece in template)
 
 
 @functools.lru_cache(maxsize=256)
@@ -84,7 +107,7 @@ def _template(attribute: str, parts: tuple[str, ...], base_url: str) -> tuple[st
     if any(token in part for token in tokens for part in parts):
         return None
     try:
-        out = premailer_link(attribute, _between(parts, tokens), base_url)
+        out = premailer_link(attribute, between(parts, tokens), base_url)
     except ValueError:  # (an invalid IPv6 host: urljoin raises for every value)
         return None
     pieces = []
@@ -97,7 +120,7 @@ def _template(attribute: str, parts: tuple[str, ...], base_url: str) -> tuple[st
     return tuple(pieces)
 
 
-def _between(parts: Sequence[str], values: Sequence[str]) -> str:
+def between(parts: Sequence[str], values: Sequence[str]) -> str:
     """``parts[0] + values[0] + parts[1] + ...``"""
     out = [parts[0]]
     for value, part in zip(values, parts[1:], strict=True):
