@@ -1045,6 +1045,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def compile_bytecode() -> None:
+    """Compile bulkmail's modules to bytecode, as pip does for a package it installs.
+
+    Run from the checkout (``python -m bulkmail``), bulkmail would otherwise compile its ~45
+    modules from source at every start wherever Python writes no bytecode
+    (``PYTHONDONTWRITEBYTECODE=1``, as on this machine): ~50 ms a run that an installed
+    bulkmail does not pay, nor the peers and the bare loop, whose modules pip compiled.
+    """
+    import compileall
+
+    if not compileall.compile_dir(REPO / "bulkmail", quiet=1):
+        sys.exit("could not compile bulkmail's modules to bytecode")
+    log("bulkmail's modules compiled to bytecode, as pip compiles an installed package's")
+
+
 # --- main -------------------------------------------------------------------------------
 
 MEASUREMENTS: dict[str, tuple[str, Callable[[Bench], None]]] = {
@@ -1105,6 +1120,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     args.out.mkdir(parents=True, exist_ok=True)
+    compile_bytecode()
     info = machine()
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
