@@ -165,6 +165,7 @@ def test_a_campaign_of_many_skeletons_stays_correct_through_evictions() -> None:
 PLACES = [
     _Place(None, "p"), _Place(None, "td"), _Place("href", "a"), _Place("href", "link"),
     _Place("src", "img"), _Place("title", "span"), _Place("alt", "img"), _Place("name", "a"),
+    _Place(None, "title"),
 ]  # fmt: skip
 
 

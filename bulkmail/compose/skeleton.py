@@ -64,7 +64,9 @@ MARKERS = frozenset(OPEN + CLOSE)
 # differently in the real document than on its own.
 _RISKY = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufdd0-\ufdef\ufffe\uffff]")
 COMMENT = "<!--"
-_RAW_TEXT = frozenset({"style", "script", "title", "textarea", "xmp", "iframe", "noscript"})
+# Elements whose text is not written back as text is. (Not <title>: lxml reads and writes
+# its text as any other, see `_written`; a title often holds the personal subject.)
+_RAW_TEXT = frozenset({"style", "script", "textarea", "xmp", "iframe", "noscript"})
 # Attributes premailer reads or writes besides the style-related ones.
 _PRESENTATIONAL = frozenset(
     {"width", "height", "align", "valign", "bgcolor", "border", "cellpadding",
@@ -540,10 +542,11 @@ def _written(place: _Place, value: str) -> str:
     if place.tag == COMMENT:
         return value
     if place.attribute is None:
-        page = f"<html><body><p>{value}</p></body></html>"
-        out = _tostring(page)
-        start = out.index("<p>") + 3
-        return out[start : out.rindex("</p>")]
+        tag = "title" if place.tag == "title" else "p"
+        where = "head" if tag == "title" else "body"
+        out = _tostring(f"<html><{where}><{tag}>{value}</{tag}></{where}></html>")
+        start = out.index(f"<{tag}>") + len(tag) + 2
+        return out[start : out.rindex(f"</{tag}>")]
     tag = "a" if place.tag == "a" else "span"
     page = f'<html><body><{tag} {place.attribute}="{value}">x</{tag}></body></html>'
     out = _tostring(page)
