@@ -1,7 +1,7 @@
 """The CPU cost of building one mail, in this process: where rows 1, 3b and 4 spend it.
 
     python bench/build_cost.py                 # every variant, 2,000 mails, medians of 5
-    python bench/build_cost.py -n 500 --reps 3 --variants base_url,links
+    python bench/build_cost.py -n 500 --reps 3 --variants base_url,links,markdown
     python bench/build_cost.py --profile links # cProfile one pass (sorted by cumtime)
 
 Each variant is the example newsletter (bench/generate.py) built by ``Builder.mails``
@@ -9,7 +9,8 @@ with ``content=False`` and no worker process, as ``bulkmail check`` builds on on
 
 - ``example``: the newsletter as it is (its footer links to ``{{ unsubscribe_url }}``);
 - ``base_url``: the same with ``base_url`` set, so premailer makes every link absolute;
-- ``links``: plus per-recipient links, absolute and relative, with ``base_url`` set.
+- ``links``: plus per-recipient links, absolute and relative, with ``base_url`` set;
+- ``markdown``: the same newsletter written in Markdown, in the package's default layout.
 
 The skeleton cache's counters are printed with each variant: a variant that misses on
 every mail runs premailer twice a mail (the cliff of issue 13).
@@ -37,7 +38,9 @@ from bulkmail.build import Builder
 def variant(folder: Path, name: str, rows: int) -> Path:
     """A campaign for one variant (see the module doc), with ``rows`` recipients."""
     (folder / "none.pem").touch()  # never read: nothing is sent
-    write = gen.write_link_templates if name == "links" else gen.write_templates
+    write = {"links": gen.write_link_templates, "markdown": gen.write_markdown_templates}.get(
+        name, gen.write_templates
+    )
     return gen.write_campaign(
         folder / name,
         name=f"cost-{name}",
@@ -47,7 +50,8 @@ def variant(folder: Path, name: str, rows: int) -> Path:
         ca_file=folder / "none.pem",
         username="bench",
         attachment=None,
-        base_url=None if name == "example" else gen.BASE_URL,
+        base_url=gen.BASE_URL if name in ("base_url", "links") else None,
+        markdown=name == "markdown",
     )
 
 
@@ -72,7 +76,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=2000, help="recipients (2000)")
     parser.add_argument("--reps", type=int, default=5, help="passes per variant (5)")
-    parser.add_argument("--variants", default="example,base_url,links")
+    parser.add_argument("--variants", default="example,base_url,links,markdown")
     parser.add_argument("--profile", metavar="VARIANT", help="cProfile one pass of VARIANT")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bulkmail-cost-") as tmp:

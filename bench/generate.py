@@ -117,6 +117,40 @@ def write_link_templates(folder: Path) -> Path:
     return folder
 
 
+# The example newsletter written in Markdown (`markdown:` instead of `template:`, in the
+# package's default layout): its greeting, articles, offer and sign-off.
+MARKDOWN = """\
+# The {{ month }} issue of The Lantern
+
+Hello {{ first_name }},
+
+Here is what we have been tasting and reading in {{ city }} and beyond this month.
+
+{% for article in articles %}
+## [{{ article.title }}]({{ article.url | safe }})
+
+{{ article.summary }}
+
+{% endfor %}
+As a {{ plan }}, you get 10% off everything in the shop until the end of the month.
+
+* Tea tastings every Saturday
+* Book club on the first Thursday
+* New opening hours from July
+
+> A cup of tea is an excuse to share great thoughts.
+
+Warmly, the Lantern team
+"""
+
+
+def write_markdown_templates(folder: Path) -> Path:
+    """The example newsletter as a Markdown body, `MARKDOWN`, in ``folder``/june.md."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "june.md").write_text(MARKDOWN, "utf-8")
+    return folder
+
+
 def write_campaign(
     folder: Path,
     *,
@@ -130,8 +164,10 @@ def write_campaign(
     per_second: float = 0,
     burst: int | None = None,
     base_url: str | None = None,
+    markdown: bool = False,
 ) -> Path:
     """A campaign YAML like campaigns/june.yaml, pointed at the sink; returns its path.
+    ``markdown``: the body is ``templates``/june.md (`write_markdown_templates`).
 
     ``per_second: 0`` is bulkmail's "no rate limit".
     """
@@ -163,6 +199,9 @@ def write_campaign(
     }
     if base_url is not None:
         campaign["base_url"] = base_url
+    if markdown:
+        del campaign["template"]
+        campaign["markdown"] = str(templates / "june.md")
     if campaign["reply_to"] is None:
         del campaign["reply_to"]
     if attachment is not None:

@@ -5,6 +5,7 @@ the text part from the Markdown itself; through check, --dry-run and a real send
 
 from __future__ import annotations
 
+import itertools
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from conftest import PASSWORD, PASSWORD_ENV, Server, TLSPair
 from typer.testing import CliRunner
 
 from bulkmail.cli.app import app
-from bulkmail.compose.markdown import escape_markdown, to_html, to_text
+from bulkmail.compose.markdown import escape_markdown, to_html, to_html_and_text, to_text
+from bulkmail.compose.render import Renderer
+from bulkmail.load.campaign import load_campaign
+from bulkmail.load.recipients import iter_recipients
+from bulkmail.models import Recipient, RenderedMail
 from bulkmail.pipeline import check_campaign
 
 runner = CliRunner()
@@ -230,3 +235,85 @@ def test_escaping_shows_every_value_as_written() -> None:
         source = escape_markdown(value)
         assert to_text(source) == value + "\n"
         assert "<i>" not in to_html(source)
+
+
+# --- the skeleton cache -------------------------------------------------------------------
+
+# Values in every kind of place Markdown gives them: a heading, a line's start and end, an
+# emphasis, a link's text, a code span, after "&" (an entity with what follows), a list.
+CACHED = """\
+# {{ month }} for {{ first_name }}
+
+{{ first_name }} from *{{ city }}*, **{{ note }}**_{{ note }}_ and {{ note }}.
+{{ note }}. is a line that starts with a value
+Ends with {{ note }}
+[{{ note }}](https://example.com/{{ note }}) and `{{ note }}` and &{{ note }};
+
+- {{ city }}
+- item {{ note }}
+
+{{ note }}
+"""
+
+NOTES = [
+    "plain", "Zoë", "王小明", "2025", "1", "amp", "copy", "  indented", "x  ", "tab\there",
+    "«quoted»", "[x]", "a\n\nb", "a\nb", "*", "_", "**bold**", "<b>", "&amp;", "https://x.y/",
+    "# h", "- item", "> q", "---", "a\\", "`code`", "", " ", "é" * 30, "\ue000", "x\ue001y",
+]  # fmt: skip
+
+
+def rendered_both_ways(
+    c: CampaignDir, rows: list[dict[str, str]]
+) -> tuple[Renderer, list[tuple[RenderedMail, RenderedMail]]]:
+    """Each row through the skeleton cache (no safety net) and inlined whole."""
+    c.template("issue.md", CACHED)
+    c.csv(rows)
+    campaign = load_campaign(c.write(template=None, markdown="../templates/issue.md"))
+    fast, slow = Renderer.load(campaign), Renderer.load(campaign, fast=False)
+    assert fast.skeletons is not None
+    assert slow.skeletons is None
+    fast.skeletons._check = 0  # the fast path alone must be exact
+    pairs = []
+    for recipient in iter_recipients(campaign.recipients):
+        assert isinstance(recipient, Recipient)
+        pairs.append((fast.render(recipient), slow.render(recipient)))
+    return fast, pairs
+
+
+def test_markdown_through_the_skeleton_cache_is_as_inlined_whole(c: CampaignDir) -> None:
+    rows = [
+        {"email": f"u{i}@example.com", "first_name": f"U{i}", "city": city, "note": note}
+        for i, (note, city) in enumerate(
+            itertools.product(NOTES, ["Lyon", "São Paulo", "a*b", "1."])
+        )
+    ]
+    fast, pairs = rendered_both_ways(c, rows)
+
+    for (got, want), row in zip(pairs, rows, strict=True):
+        assert (got.html, got.text) == (want.html, want.text), row
+    stats = fast.skeletons.stats if fast.skeletons else None
+    assert stats is not None
+    # Most rows take the cache; the values whose marks change how Markdown reads the
+    # text around them (a digit that starts a list, an entity, a value in a URL...) and
+    # those holding a marker character are inlined whole.
+    assert stats.hits > len(rows) // 2, stats
+    assert stats.slow > 0, stats
+
+
+def test_a_markdown_newsletter_runs_premailer_once_per_skeleton(c: CampaignDir) -> None:
+    rows = [
+        {"email": f"u{i}@example.com", "first_name": f"Reader{i}", "city": "Lyon", "note": f"n{i}"}
+        for i in range(40)
+    ]
+    fast, pairs = rendered_both_ways(c, rows)
+
+    assert all((got.html, got.text) == (want.html, want.text) for got, want in pairs)
+    assert fast.skeletons is not None
+    assert (fast.skeletons.stats.misses, fast.skeletons.stats.slow) == (1, 0)
+    assert "Reader39" in pairs[-1][0].html
+
+
+@pytest.mark.parametrize("note", NOTES)
+def test_one_parse_gives_the_html_and_the_text(note: str) -> None:
+    source = CACHED.replace("{{ note }}", escape_markdown(note)).replace("{{", "").replace("}}", "")
+    assert to_html_and_text(source) == (to_html(source), to_text(source))

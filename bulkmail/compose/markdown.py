@@ -23,6 +23,8 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from markupsafe import Markup
 
+from bulkmail.compose.skeleton import finalize
+
 _PUNCTUATION = re.compile(r"""([!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~])""")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -39,14 +41,21 @@ def escape_markdown(value: object) -> str:
     return _PUNCTUATION.sub(r"\\\1", str(value))
 
 
-def environment(folders: list[Path]) -> jinja2.Environment:
+def marked_markdown(value: object) -> object:
+    """`escape_markdown`, then the value wrapped in the skeleton cache's marks
+    (`bulkmail.compose.skeleton.finalize`): for the marked rendering of a Markdown body."""
+    return finalize(value if isinstance(value, Markup) else escape_markdown(value))
+
+
+def environment(folders: list[Path], *, marked: bool = False) -> jinja2.Environment:
     """The Jinja environment of a Markdown body: sandboxed and strict like every template
-    (see bulkmail.compose.render), each value written Markdown-escaped."""
+    (see bulkmail.compose.render), each value written Markdown-escaped (``marked``: and
+    wrapped in marks, for the skeleton cache)."""
     return jinja2.sandbox.ImmutableSandboxedEnvironment(
         loader=jinja2.FileSystemLoader(folders),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
-        finalize=escape_markdown,
+        finalize=marked_markdown if marked else escape_markdown,
         keep_trailing_newline=True,
         auto_reload=False,
     )
@@ -68,8 +77,21 @@ def to_html(source: str) -> str:
 def to_text(source: str) -> str:
     """The rendered Markdown as plain text: its paragraphs, headings, lists and quotes as
     written, escapes resolved, emphasis marks dropped, links as ``text (url)``."""
+    return _text(_parser().parse(source))
+
+
+def to_html_and_text(source: str) -> tuple[str, str]:
+    """`to_html` and `to_text` of ``source``, parsed once."""
+    parser = _parser()
+    env: dict[str, object] = {}
+    tokens = parser.parse(source, env)
+    html: str = parser.renderer.render(tokens, parser.options, env)
+    return html, _text(tokens)
+
+
+def _text(tokens: list[Token]) -> str:
     writer = _TextWriter()
-    for token in _parser().parse(source):
+    for token in tokens:
         writer.block(token)
     return writer.text()
 

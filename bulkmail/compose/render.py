@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 import jinja2.meta
@@ -16,7 +17,16 @@ from markupsafe import Markup
 
 from bulkmail.compose.attachments import check_filename, locate
 from bulkmail.compose.inline import Inliner, PremailerInliner
-from bulkmail.compose.skeleton import MARKERS, SkeletonInliner, Slotted, Unmarkable, finalize
+from bulkmail.compose.skeleton import (
+    CLOSE,
+    MARKERS,
+    OPEN,
+    Marked,
+    SkeletonInliner,
+    Slotted,
+    Unmarkable,
+    finalize,
+)
 from bulkmail.compose.textpart import html_to_text
 from bulkmail.errors import Location, TemplateError, display_path
 from bulkmail.models import AttachmentSpec, Campaign, Recipient, RenderedMail
@@ -26,6 +36,7 @@ _LINE_BREAK = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 _UNSAFE_IN_HEADER = re.compile(r"[^\x21-\x7e]|[<>]")
 # What XML (and so lxml, in an attribute it sets) refuses: C0 controls but tab, LF, CR.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_OPEN_IN_URL, _CLOSE_IN_URL = quote(OPEN), quote(CLOSE)  # %EE%80%80, %EE%80%81
 
 
 def _template_line(tb: TracebackType | None, files: Set[str]) -> tuple[str, int] | None:
@@ -90,6 +101,8 @@ class Templates:
     files: frozenset[str]
     markdown: Compiled | None = None  # a Markdown body, rendered into ``layout``
     layout: Compiled | None = None
+    markdown_marked: Compiled | None = None  # both with each value marked
+    layout_marked: Compiled | None = None
 
     @classmethod
     def compile(cls, campaign: Campaign, *, marked: bool) -> Templates:
@@ -116,14 +129,19 @@ class Templates:
         text = None
         if campaign.text_template:
             text = _compiled_file(text_env, campaign.text_template, folders, files)
-        html_marked = None
-        if (
-            campaign.template is not None
-            and marked
-            and all(MARKERS.isdisjoint(Path(name).read_text("utf-8")) for name in files)
-        ):
+        html_marked = markdown_marked = layout_marked = None
+        marked = marked and all(MARKERS.isdisjoint(Path(name).read_text("utf-8")) for name in files)
+        if campaign.template is not None and marked:
             marked_env = _environment(folders, html=True, marked=True)
             html_marked = _compiled_file(marked_env, campaign.template, folders, set())
+        if campaign.markdown is not None and marked:
+            from bulkmail.compose import markdown as md
+
+            env = md.environment(folders, marked=True)
+            markdown_marked = _compiled_file(env, campaign.markdown, folders, set())
+            layout_file = campaign.layout or md.default_layout()
+            env = _environment([layout_file.parent], html=True, marked=True)
+            layout_marked = _compiled_file(env, layout_file, [layout_file.parent], set())
         url = campaign.unsubscribe.url if campaign.unsubscribe else None
         mailto = campaign.unsubscribe.mailto if campaign.unsubscribe else None
         subject = _setting(text_env, campaign, campaign.subject, "subject")
@@ -139,6 +157,8 @@ class Templates:
             files=frozenset(files),
             markdown=markdown,
             layout=layout,
+            markdown_marked=markdown_marked,
+            layout_marked=layout_marked,
         )
 
 
@@ -209,6 +229,8 @@ class Renderer:
         if templates.html_marked is not None:
             to_text = html_to_text if templates.text is None else _no_text
             self.skeletons = SkeletonInliner(inliner, to_text, base_url=campaign.base_url)
+        elif templates.layout_marked is not None:  # Markdown: the text is the Markdown's
+            self.skeletons = SkeletonInliner(inliner, _no_text, base_url=campaign.base_url)
 
     @classmethod
     def load(
@@ -316,16 +338,46 @@ class Renderer:
         text (with the unsubscribe URL the default layout shows under it)."""
         from bulkmail.compose import markdown as md  # loaded once; a lookup after that
 
-        source = self._render(body, context, row)
-        content = Markup(md.to_html(source))  # markdown-it's HTML, raw HTML off
-        around = {**context, "content": content, "subject": subject}  # the layout's variables
-        html = self._inliner(self._render(layout, around, row))
+        content, text = md.to_html_and_text(self._render(body, context, row))  # raw HTML off
+        html = self._inlined_markdown(context, row, subject, content)
+        if html is None:
+            around = {**context, "content": Markup(content), "subject": subject}
+            html = self._inliner(self._render(layout, around, row))
         if self.templates.text is not None:
             return html, ""
-        text = md.to_text(source)
         if self.campaign.layout is None and "unsubscribe_url" in context:
             text += f"\nUnsubscribe: {context['unsubscribe_url']}\n"
         return html, text
+
+    def _inlined_markdown(
+        self, context: dict[str, Any], row: Location, subject: str, content: str
+    ) -> str | None:
+        """The layout around a Markdown body's HTML (``content``), inlined through the
+        skeleton cache; None if that can't be done (then it is inlined whole).
+
+        The body is rendered again with its values marked, and that rendering is used only
+        if its HTML is ``content`` once the marks are taken out: a mark can change how
+        Markdown reads what stands next to it (an emphasis, a link's URL, an indented line).
+        """
+        from bulkmail.compose import markdown as md
+
+        t, skeletons = self.templates, self.skeletons
+        if skeletons is None or t.markdown_marked is None or t.layout_marked is None:
+            return None
+        try:
+            marked = md.to_html(self._render(t.markdown_marked, context, row))
+            # In a link's URL markdown-it percent-encodes the marks, as any character
+            # outside ASCII: they are marks still.
+            marked = marked.replace(_OPEN_IN_URL, OPEN).replace(_CLOSE_IN_URL, CLOSE)
+            if marked.replace(OPEN, "").replace(CLOSE, "") != content:
+                skeletons.stats.slow += 1
+                return None
+            around = {**context, "content": Marked(marked), "subject": subject}
+            html, _ = skeletons(Slotted.split(self._render(t.layout_marked, around, row)))
+        except Unmarkable:  # a value holds a marker character
+            skeletons.stats.slow += 1
+            return None
+        return html
 
     def _render(self, compiled: Compiled, context: dict[str, Any], row: Location) -> str:
         """``compiled`` rendered with ``context`` (globals included, see `context`) as it

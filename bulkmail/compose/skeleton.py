@@ -88,8 +88,15 @@ class Unmarkable(Exception):
     marks: the recipient's document is rendered and inlined whole instead."""
 
 
+class Marked(Markup):
+    """Markup whose marker characters are marks: a part rendered marked on its own (a
+    Markdown body's HTML), put whole into a marked rendering (its layout)."""
+
+
 def finalize(value: object) -> object:
     """Jinja ``finalize`` hook for the marked rendering: wrap each personal value."""
+    if isinstance(value, Marked):
+        return value
     if isinstance(value, Markup):
         if not MARKERS.isdisjoint(value):
             raise Unmarkable
