@@ -364,13 +364,17 @@ class Bench:
         per_second: float = 0,
         base_url: str | None = None,
         links: bool = False,
+        markdown: bool = False,
         sink: Sink | None = None,
     ) -> Path:
         """A campaign of the example newsletter; ``links``: with per-recipient links too;
-        ``sink``: the one it sends to (the plain one by default)."""
+        ``markdown``: written in Markdown; ``sink``: the one it sends to (the plain one by
+        default)."""
         templates = self.templates
         if links:
             templates = gen.write_link_templates(self.folder / "templates-links")
+        if markdown:
+            templates = gen.write_markdown_templates(self.folder / "templates-markdown")
         return gen.write_campaign(
             self.folder / "campaigns" / label,
             name=f"bench-{label}",
@@ -382,6 +386,7 @@ class Bench:
             username=USER,
             attachment=self.attachment if attachment else None,
             per_second=per_second,
+            markdown=markdown,
         )
 
     # steps, each one repetition
@@ -812,13 +817,14 @@ class Bench:
         """4. ``bulkmail check`` throughput; 4b, 4c: the same with ``base_url`` set, and with
         per-recipient links too, which must not be slower (the skeleton cache's cliff); 4d:
         the links of 4c without ``base_url``, to tell what the links cost from what joining
-        them to the base URL does."""
+        them to the base URL does; 4m: the newsletter written in Markdown (information)."""
         n = self.sizes.check_n
         variants = {
             "4": self.campaign(f"check-{n}", n),
             "4b": self.campaign(f"check-{n}-base-url", n, base_url=gen.BASE_URL),
             "4c": self.campaign(f"check-{n}-links", n, base_url=gen.BASE_URL, links=True),
             "4d": self.campaign(f"check-{n}-links-no-base", n, links=True),
+            "4m": self.campaign(f"check-{n}-markdown", n, markdown=True),
         }
         runs: dict[str, list[dict[str, Any]]] = {key: [] for key in variants}
         for rep in range(self.sizes.reps):  # interleaved: drift in the load hits them all
@@ -845,10 +851,11 @@ class Bench:
             "4b": "  same with base_url (premailer makes every link absolute) vs 4",
             "4c": "  same with base_url and per-recipient links (relative, absolute) vs 4",
             "4d": "  same links without base_url vs 4 (what the links cost, unjoined)",
+            "4m": "  same newsletter written in Markdown (default layout) vs 4",
         }
         for key, title in titles.items():
             ratio = rates[key] / rates["4"]
-            target = key != "4d"
+            target = key not in ("4d", "4m")
             self.rows.append(
                 Row(
                     key,
