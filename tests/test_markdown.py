@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from builders import CampaignDir, preview_mails, smtp_settings
 from conftest import PASSWORD, PASSWORD_ENV, Server, TLSPair
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from bulkmail.cli.app import app
@@ -317,3 +319,25 @@ def test_a_markdown_newsletter_runs_premailer_once_per_skeleton(c: CampaignDir) 
 def test_one_parse_gives_the_html_and_the_text(note: str) -> None:
     source = CACHED.replace("{{ note }}", escape_markdown(note)).replace("{{", "").replace("}}", "")
     assert to_html_and_text(source) == (to_html(source), to_text(source))
+
+
+MARKDOWNISH = st.text(
+    st.sampled_from("aZ9 \n\t.-*_#>[]()!&;`\\<\"'1)é王«—\ue000"), min_size=0, max_size=10
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(MARKDOWNISH, min_size=3, max_size=3))
+def test_any_values_in_markdown_come_out_as_inlined_whole(
+    tmp_path_factory: pytest.TempPathFactory, values: list[str]
+) -> None:
+    c = CampaignDir(tmp_path_factory.mktemp("md"))
+    first, city, note = values
+    first = first.replace("\n", " ").strip() or "x"  # in the subject too: one line
+    rows = [
+        {"email": "a@example.com", "first_name": first, "city": city, "note": note},
+        {"email": "b@example.com", "first_name": "Ann", "city": note, "note": city},
+    ]
+    _, pairs = rendered_both_ways(c, rows)
+    for got, want in pairs:
+        assert (got.html, got.text) == (want.html, want.text)
