@@ -315,6 +315,32 @@ def test_a_markdown_newsletter_runs_premailer_once_per_skeleton(c: CampaignDir) 
     assert "Reader39" in pairs[-1][0].html
 
 
+def test_a_layout_that_writes_content_safe_keeps_the_cache(c: CampaignDir) -> None:
+    c.template(
+        "mine.html",
+        "<!doctype html><html><head><title>{{ subject }}</title>"
+        "<style>.mine { color: #123456; }</style></head>"
+        '<body><div class="mine">{{ content | safe }}</div></body></html>\n',
+    )
+    c.template("issue.md", CACHED)
+    rows = [
+        {"email": f"u{i}@example.com", "first_name": f"R{i}", "city": "Lyon", "note": f"n{i}"}
+        for i in range(20)
+    ]
+    c.csv(rows)
+    path = c.write(template=None, markdown="../templates/issue.md", layout="../templates/mine.html")
+    campaign = load_campaign(path)
+    fast, slow = Renderer.load(campaign), Renderer.load(campaign, fast=False)
+    assert fast.skeletons is not None
+    fast.skeletons._check = 0
+    for recipient in iter_recipients(campaign.recipients):
+        assert isinstance(recipient, Recipient)
+        got, want = fast.render(recipient), slow.render(recipient)
+        assert (got.html, got.text) == (want.html, want.text)
+    assert (fast.skeletons.stats.misses, fast.skeletons.stats.slow) == (1, 0)
+    assert 'class="mine" style="color:#123456"' in got.html
+
+
 @pytest.mark.parametrize("note", NOTES)
 def test_one_parse_gives_the_html_and_the_text(note: str) -> None:
     source = CACHED.replace("{{ note }}", escape_markdown(note)).replace("{{", "").replace("}}", "")

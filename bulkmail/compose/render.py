@@ -56,7 +56,7 @@ def _environment(folders: list[Path], *, html: bool, marked: bool = False) -> ji
     (``cycler.__init__.__globals__``...) nor change the campaign data shared by every
     recipient (``articles.pop()``). A refused access raises SecurityError, which is a
     jinja2.TemplateError and so reported with the template line and the row."""
-    return jinja2.sandbox.ImmutableSandboxedEnvironment(
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
         loader=jinja2.FileSystemLoader(folders),
         undefined=jinja2.StrictUndefined,
         autoescape=html,
@@ -64,6 +64,15 @@ def _environment(folders: list[Path], *, html: bool, marked: bool = False) -> ji
         keep_trailing_newline=True,
         auto_reload=False,
     )
+    if marked:
+        env.filters["safe"] = _safe_keeping_marks
+    return env
+
+
+def _safe_keeping_marks(value: object) -> Markup:
+    """Jinja's ``|safe`` in a marked rendering: a `Marked` part (a Markdown body, which
+    layouts often write ``{{ content | safe }}``) stays one, its marks still marks."""
+    return value if isinstance(value, Marked) else Markup(value)
 
 
 @dataclass(frozen=True)
