@@ -18,7 +18,10 @@ from typing import Any
 import yaml
 from conftest import PASSWORD_ENV, USERNAME, Server, TLSPair
 
-from bulkmail.models import OutgoingMail, Recipient
+from bulkmail.compose.render import Renderer
+from bulkmail.load.campaign import load_campaign
+from bulkmail.load.recipients import iter_recipients
+from bulkmail.models import OutgoingMail, Recipient, RenderedMail
 
 HTML = """\
 <!doctype html>
@@ -268,3 +271,20 @@ def preview_mails(c: CampaignDir) -> list[EmailMessage]:
     result = CliRunner().invoke(app, ["run", "campaigns/test.yaml", "--dry-run"])
     assert result.exit_code == 0, result.output
     return [parse_mail(p.read_bytes()) for p in sorted((c.root / "previews").glob("*.eml"))]
+
+
+def rendered_fast_and_slow(
+    campaign_file: Path,
+) -> tuple[Renderer, list[tuple[Recipient, RenderedMail, RenderedMail]]]:
+    """Each row of the campaign through the skeleton cache, with no safety net (the fast
+    path alone must be exact), and inlined whole: the renderer and (row, fast, whole)."""
+    campaign = load_campaign(campaign_file)
+    fast, slow = Renderer.load(campaign), Renderer.load(campaign, fast=False)
+    assert fast.skeletons is not None
+    assert slow.skeletons is None
+    fast.skeletons._check = 0
+    found = []
+    for recipient in iter_recipients(campaign.recipients):
+        assert isinstance(recipient, Recipient)
+        found.append((recipient, fast.render(recipient), slow.render(recipient)))
+    return fast, found

@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from builders import CampaignDir, preview_mails, smtp_settings
+from builders import CampaignDir, preview_mails, rendered_fast_and_slow, smtp_settings
 from conftest import PASSWORD, PASSWORD_ENV, Server, TLSPair
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,9 +19,7 @@ from typer.testing import CliRunner
 from bulkmail.cli.app import app
 from bulkmail.compose.markdown import escape_markdown, to_html, to_html_and_text, to_text
 from bulkmail.compose.render import Renderer
-from bulkmail.load.campaign import load_campaign
-from bulkmail.load.recipients import iter_recipients
-from bulkmail.models import Recipient, RenderedMail
+from bulkmail.models import RenderedMail
 from bulkmail.pipeline import check_campaign
 
 runner = CliRunner()
@@ -267,19 +265,11 @@ NOTES = [
 def rendered_both_ways(
     c: CampaignDir, rows: list[dict[str, str]]
 ) -> tuple[Renderer, list[tuple[RenderedMail, RenderedMail]]]:
-    """Each row through the skeleton cache (no safety net) and inlined whole."""
+    """`CACHED` for each row, through the skeleton cache and inlined whole."""
     c.template("issue.md", CACHED)
     c.csv(rows)
-    campaign = load_campaign(c.write(template=None, markdown="../templates/issue.md"))
-    fast, slow = Renderer.load(campaign), Renderer.load(campaign, fast=False)
-    assert fast.skeletons is not None
-    assert slow.skeletons is None
-    fast.skeletons._check = 0  # the fast path alone must be exact
-    pairs = []
-    for recipient in iter_recipients(campaign.recipients):
-        assert isinstance(recipient, Recipient)
-        pairs.append((fast.render(recipient), slow.render(recipient)))
-    return fast, pairs
+    fast, found = rendered_fast_and_slow(c.write(template=None, markdown="../templates/issue.md"))
+    return fast, [(got, want) for _, got, want in found]
 
 
 def test_markdown_through_the_skeleton_cache_is_as_inlined_whole(c: CampaignDir) -> None:
@@ -329,16 +319,11 @@ def test_a_layout_that_writes_content_safe_keeps_the_cache(c: CampaignDir) -> No
     ]
     c.csv(rows)
     path = c.write(template=None, markdown="../templates/issue.md", layout="../templates/mine.html")
-    campaign = load_campaign(path)
-    fast, slow = Renderer.load(campaign), Renderer.load(campaign, fast=False)
+    fast, found = rendered_fast_and_slow(path)
+    assert all((got.html, got.text) == (want.html, want.text) for _, got, want in found)
     assert fast.skeletons is not None
-    fast.skeletons._check = 0
-    for recipient in iter_recipients(campaign.recipients):
-        assert isinstance(recipient, Recipient)
-        got, want = fast.render(recipient), slow.render(recipient)
-        assert (got.html, got.text) == (want.html, want.text)
     assert (fast.skeletons.stats.misses, fast.skeletons.stats.slow) == (1, 0)
-    assert 'class="mine" style="color:#123456"' in got.html
+    assert 'class="mine" style="color:#123456"' in found[-1][1].html
 
 
 @pytest.mark.parametrize("note", NOTES)
