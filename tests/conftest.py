@@ -34,6 +34,14 @@ from bulkmail.models import SmtpSettings
 # Environment
 # ---------------------------------------------------------------------------------------
 
+# Child processes (`python -m bulkmail` in a campaign's folder) run this checkout's code,
+# whatever this interpreter has installed: an editable install may point at another clone,
+# or at none.
+CHECKOUT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(CHECKOUT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+)
+
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
