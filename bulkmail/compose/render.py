@@ -400,9 +400,14 @@ class Renderer:
         except Unmarkable:
             raise
         except Exception:  # a template error, or a filter or test raised on this row
-            pass
+            return self._render_to_report(compiled, context, row)
+
+    def _render_to_report(self, compiled: Compiled, context: dict[str, Any], row: Location) -> str:
+        """``compiled`` rendered through Jinja's own `render`, after the shared rendering
+        raised: what it raises has its traceback pointed at the template's lines, which
+        `_error` names."""
         try:
-            return template.render(context)
+            return compiled.template.render(context)
         except Unmarkable:
             raise
         except Exception as exc:
